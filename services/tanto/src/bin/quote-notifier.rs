@@ -1,0 +1,13 @@
+//! Routes `quote.*` events to deliveries; see `tanto::notifier`.
+
+use std::process::ExitCode;
+
+use tanto::event::Family;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tanto::app::serve("quote-notifier", |settings, shutdown| async move {
+        tanto::notifier::run(&settings, Family::Quote, shutdown).await
+    })
+    .await
+}

@@ -1,0 +1,110 @@
+//! Kafka clients configured the one way tanto uses them, topic creation, and
+//! the dead-letter record format.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+
+/// A consumer for at-least-once work: offsets are stored by the code only
+/// once the work for a message is durable, and committed in the background
+/// (and once more at shutdown).
+pub fn consumer(brokers: &str, group: &str) -> anyhow::Result<StreamConsumer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .create()
+        .context("Failed to create the Kafka consumer")
+}
+
+/// An idempotent producer: a broker-side retry never writes a message twice,
+/// and a send is acknowledged only once every in-sync replica has it.
+pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .context("Failed to create the Kafka producer")
+}
+
+/// Creates the topics that do not exist yet; an existing topic is left as it
+/// is. Returns the names of the topics created.
+pub async fn ensure_topics(
+    brokers: &str,
+    topics: &[&str],
+    partitions: i32,
+) -> anyhow::Result<Vec<String>> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("Failed to create the Kafka admin client")?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(&new_topics, &options)
+        .await
+        .with_context(|| format!("Failed to reach the Kafka broker at {brokers}"))?;
+    let mut created = Vec::new();
+    for result in results {
+        match result {
+            Ok(name) => created.push(name),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => anyhow::bail!("Failed to create topic {name}: {code}"),
+        }
+    }
+    Ok(created)
+}
+
+/// The headers of a dead-letter record. The payload of the record is the
+/// original one, byte for byte; everything tanto adds is in headers, so an
+/// operator can replay the record as it is.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterHeaders {
+    pairs: Vec<(&'static str, String)>,
+}
+
+impl DeadLetterHeaders {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with(mut self, key: &'static str, value: impl ToString) -> Self {
+        self.pairs.push((key, value.to_string()));
+        self
+    }
+
+    pub fn to_kafka(&self) -> OwnedHeaders {
+        self.pairs
+            .iter()
+            .fold(OwnedHeaders::new(), |headers, (key, value)| {
+                headers.insert(Header {
+                    key,
+                    value: Some(value.as_str()),
+                })
+            })
+    }
+}
+
+/// Reads a header as UTF-8 text, for tests and the operator CLI.
+pub fn header_text<H: Headers>(headers: &H, key: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|header| header.key == key)
+        .and_then(|header| header.value)
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+}

@@ -1,0 +1,439 @@
+//! Turns an event into its deliveries: which catalog mails it sends, and to
+//! which addresses, by the routing data in Postgres.
+//!
+//! An event costs three queries, run together on one connection (tokio-postgres
+//! pipelines them), whatever the number of recipients: the tenant with the
+//! customer, the products' names, and every candidate recipient of every class.
+//! The rules of domain.md are applied in memory by [`plan`], which a unit test
+//! reaches without a database.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use deadpool_postgres::Pool;
+
+use crate::catalog::{Catalog, RecipientClass};
+use crate::delivery::{
+    CustomerRef, DeliveryMessage, EventRef, ItemView, MailRef, Recipient, SCHEMA_VERSION,
+    TransactionView, delivery_id, normalize_address,
+};
+use crate::event::{Event, RejectReason, Rejection};
+
+/// What routing an event produced, with the facts the history and the
+/// metrics need about who was not reached.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Routed {
+    pub deliveries: Vec<DeliveryMessage>,
+    /// (management number, class) pairs that resolved to nobody.
+    pub empty_classes: Vec<(String, RecipientClass)>,
+    /// Catalog mails of this event type that the tenant switched off.
+    pub disabled_mails: Vec<String>,
+    pub unknown_customer: bool,
+    pub unknown_products: usize,
+}
+
+/// Why routing did not finish: the event's fault, or the database's.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The event cannot be routed; it goes to the dead-letter topic.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// Not the event's fault: retry once the database answers.
+    #[error("routing data unavailable")]
+    Unavailable(#[source] anyhow::Error),
+}
+
+/// The routing data one event needs, as read from Postgres.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RoutingView {
+    pub store_name: String,
+    pub disabled_mails: Vec<String>,
+    /// `None` when the customer is not in the routing data.
+    pub customer_name: Option<String>,
+    pub product_names: HashMap<String, String>,
+    pub candidates: Vec<Candidate>,
+}
+
+/// One way an address is reached: through one class (and possibly one of
+/// several groups of that class).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub class: RecipientClass,
+    pub address: String,
+    pub name: String,
+}
+
+/// Reads routing data from Postgres and plans deliveries.
+#[derive(Debug, Clone)]
+pub struct Router {
+    pool: Pool,
+    catalog: Catalog,
+}
+
+const TENANT_QUERY: &str = "
+    SELECT t.store_name, t.disabled_mails, c.name AS customer_name
+    FROM tenants t
+    LEFT JOIN customers c ON c.tenant_id = t.tenant_id AND c.customer_id = $2
+    WHERE t.tenant_id = $1";
+
+const PRODUCTS_QUERY: &str = "
+    SELECT product_id, name FROM products WHERE tenant_id = $1 AND product_id = ANY($2)";
+
+/// Inactive accounts are filtered here, so they never become candidates.
+const CANDIDATES_QUERY: &str = "
+    SELECT 'company_wide' AS class, a.email, a.name
+    FROM accounts a
+    WHERE a.tenant_id = $1 AND a.company_wide AND a.active
+  UNION ALL
+    SELECT 'product_staff', a.email, a.name
+    FROM product_groups pg
+    JOIN group_members m ON m.tenant_id = pg.tenant_id AND m.group_id = pg.group_id
+    JOIN accounts a ON a.tenant_id = m.tenant_id AND a.account_id = m.account_id
+    WHERE pg.tenant_id = $1 AND pg.product_id = ANY($3) AND a.active
+  UNION ALL
+    SELECT 'customer_staff', a.email, a.name
+    FROM customer_groups cg
+    JOIN group_members m ON m.tenant_id = cg.tenant_id AND m.group_id = cg.group_id
+    JOIN accounts a ON a.tenant_id = m.tenant_id AND a.account_id = m.account_id
+    WHERE cg.tenant_id = $1 AND cg.customer_id = $2 AND a.active
+  UNION ALL
+    SELECT 'customer_admin', c.admin_email, c.admin_name
+    FROM customers c
+    WHERE c.tenant_id = $1 AND c.customer_id = $2 AND c.admin_email IS NOT NULL
+  UNION ALL
+    SELECT 'customer_invitee', i.email, i.name
+    FROM customer_invitees i
+    WHERE i.tenant_id = $1 AND i.customer_id = $2";
+
+impl Router {
+    pub fn new(pool: Pool, catalog: Catalog) -> Self {
+        Self { pool, catalog }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Routes one event: reads its routing data and plans its deliveries.
+    pub async fn route(&self, event: &Event) -> Result<Routed, RouteError> {
+        let view = self
+            .load_view(event)
+            .await
+            .map_err(RouteError::Unavailable)?;
+        let Some(view) = view else {
+            return Err(Rejection::new(
+                RejectReason::UnknownTenant,
+                format!("tenant '{}' has no routing data", event.tenant_id),
+            )
+            .into());
+        };
+        Ok(plan(&self.catalog, event, &view))
+    }
+
+    /// Reads what `event` needs; `None` when its tenant is unknown.
+    async fn load_view(&self, event: &Event) -> anyhow::Result<Option<RoutingView>> {
+        let client = self.pool.get().await?;
+        let product_ids = event.product_ids();
+        let (tenant, products, candidates) = tokio::try_join!(
+            async {
+                let statement = client.prepare_cached(TENANT_QUERY).await?;
+                client
+                    .query_opt(&statement, &[&event.tenant_id, &event.customer_id])
+                    .await
+            },
+            async {
+                let statement = client.prepare_cached(PRODUCTS_QUERY).await?;
+                client
+                    .query(&statement, &[&event.tenant_id, &product_ids])
+                    .await
+            },
+            async {
+                let statement = client.prepare_cached(CANDIDATES_QUERY).await?;
+                client
+                    .query(
+                        &statement,
+                        &[&event.tenant_id, &event.customer_id, &product_ids],
+                    )
+                    .await
+            },
+        )?;
+        let Some(tenant) = tenant else {
+            return Ok(None);
+        };
+        Ok(Some(RoutingView {
+            store_name: tenant.get("store_name"),
+            disabled_mails: tenant.get("disabled_mails"),
+            customer_name: tenant.get("customer_name"),
+            product_names: products
+                .iter()
+                .map(|row| (row.get(0), row.get(1)))
+                .collect(),
+            candidates: candidates
+                .iter()
+                .filter_map(|row| {
+                    Some(Candidate {
+                        class: RecipientClass::parse(row.get(0))?,
+                        address: row.get(1),
+                        name: row.get(2),
+                    })
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// Applies the routing rules to one event and its routing data: the catalog
+/// mails of the event type that the tenant has not switched off, each to
+/// every address reached through its classes, once per address, with every
+/// class through which the address was reached.
+pub fn plan(catalog: &Catalog, event: &Event, view: &RoutingView) -> Routed {
+    let mut routed = Routed {
+        unknown_customer: view.customer_name.is_none(),
+        unknown_products: event
+            .product_ids()
+            .iter()
+            .filter(|id| !view.product_names.contains_key(*id))
+            .count(),
+        ..Routed::default()
+    };
+    let transaction = transaction_view(event, view);
+    let customer = CustomerRef {
+        id: event.customer_id.clone(),
+        name: view.customer_name.clone().unwrap_or_default(),
+    };
+    for mail in catalog.for_event(event.event_type) {
+        if view.disabled_mails.contains(&mail.number) {
+            routed.disabled_mails.push(mail.number.clone());
+            continue;
+        }
+        let recipients = recipients_for(&mail.recipients, &view.candidates);
+        for class in &mail.recipients {
+            if !recipients.iter().any(|r| r.classes.contains(class)) {
+                routed.empty_classes.push((mail.number.clone(), *class));
+            }
+        }
+        routed
+            .deliveries
+            .extend(recipients.into_iter().map(|recipient| DeliveryMessage {
+                schema_version: SCHEMA_VERSION,
+                delivery_id: delivery_id(
+                    &event.tenant_id,
+                    &event.event_id,
+                    &mail.number,
+                    &recipient.address,
+                ),
+                tenant_id: event.tenant_id.clone(),
+                store_name: view.store_name.clone(),
+                mail: MailRef {
+                    number: mail.number.clone(),
+                    name: mail.name.clone(),
+                },
+                event: EventRef {
+                    event_id: event.event_id.clone(),
+                    event_type: event.event_type,
+                    occurred_at: event.occurred_at.to_rfc3339(),
+                },
+                customer: customer.clone(),
+                transaction: transaction.clone(),
+                recipient,
+                replay_count: 0,
+            }));
+    }
+    routed
+}
+
+/// One recipient per normalized address, ordered by address, among the
+/// candidates of `classes`. The first non-empty name wins.
+fn recipients_for(classes: &[RecipientClass], candidates: &[Candidate]) -> Vec<Recipient> {
+    let mut by_address: BTreeMap<String, (Recipient, BTreeSet<RecipientClass>)> = BTreeMap::new();
+    for candidate in candidates.iter().filter(|c| classes.contains(&c.class)) {
+        let (recipient, reached_by) = by_address
+            .entry(normalize_address(&candidate.address))
+            .or_insert_with(|| {
+                let recipient = Recipient {
+                    address: candidate.address.trim().to_string(),
+                    name: String::new(),
+                    classes: Vec::new(),
+                };
+                (recipient, BTreeSet::new())
+            });
+        if recipient.name.is_empty() {
+            recipient.name = candidate.name.clone();
+        }
+        reached_by.insert(candidate.class);
+    }
+    by_address
+        .into_values()
+        .map(|(recipient, reached_by)| Recipient {
+            classes: reached_by.into_iter().collect(),
+            ..recipient
+        })
+        .collect()
+}
+
+fn transaction_view(event: &Event, view: &RoutingView) -> TransactionView {
+    let transaction = &event.transaction;
+    TransactionView {
+        id: transaction.id.clone(),
+        number: transaction.number.clone(),
+        items: transaction
+            .items
+            .iter()
+            .map(|item| {
+                let product_name = item
+                    .product_name
+                    .clone()
+                    .filter(|name| !name.is_empty())
+                    .or_else(|| view.product_names.get(&item.product_id).cloned())
+                    .unwrap_or_default();
+                let unit_price = item.unit_price.clone().unwrap_or_default();
+                ItemView {
+                    product_id: item.product_id.clone(),
+                    product_name,
+                    quantity: item.quantity.map(|q| q.to_string()).unwrap_or_default(),
+                    amount: line_amount(item.quantity, &unit_price).unwrap_or_default(),
+                    unit_price,
+                }
+            })
+            .collect(),
+        total_amount: transaction.total_amount.clone().unwrap_or_default(),
+        currency: transaction.currency.clone().unwrap_or_default(),
+    }
+}
+
+/// Quantity times unit price, computed in decimal (amounts are strings so
+/// that no float ever rounds a price).
+fn line_amount(quantity: Option<u64>, unit_price: &str) -> Option<String> {
+    let price: rust_decimal::Decimal = unit_price.parse().ok()?;
+    let total = price.checked_mul(rust_decimal::Decimal::from(quantity?))?;
+    Some(total.normalize().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Family, parse};
+    use RecipientClass::*;
+
+    const CATALOG: &str = r#"
+mails:
+  - { number: "5-1-1", name: 注文申込, event_type: order.applied, audience: customer,
+      recipients: [customer_admin, customer_invitee], subject: s, template: t, origin: platform }
+  - { number: "5-1-2", name: 注文申込, event_type: order.applied, audience: staff,
+      recipients: [company_wide, product_staff, customer_staff], subject: s, template: t,
+      origin: platform }
+  - { number: "5-1-4", name: 注文確定, event_type: order.confirmed, audience: staff,
+      recipients: [company_wide], subject: s, template: t, origin: platform }
+"#;
+
+    fn event() -> Event {
+        let payload = serde_json::json!({
+            "event_id": "e-1", "event_type": "order.applied",
+            "occurred_at": "2026-12-03T10:15:00+09:00", "tenant_id": "acme",
+            "customer_id": "C-1",
+            "transaction": { "id": "O-1", "number": "ORD-1", "items": [
+                { "product_id": "P-1", "quantity": 3, "unit_price": "1200.50" },
+                { "product_id": "P-2", "product_name": "Given" } ] }
+        });
+        parse(payload.to_string().as_bytes(), Family::Order).expect("event")
+    }
+
+    fn candidate(class: RecipientClass, address: &str, name: &str) -> Candidate {
+        Candidate {
+            class,
+            address: address.into(),
+            name: name.into(),
+        }
+    }
+
+    fn view(candidates: Vec<Candidate>) -> RoutingView {
+        RoutingView {
+            store_name: "ACME".into(),
+            disabled_mails: vec![],
+            customer_name: Some("Sample".into()),
+            product_names: [("P-1".to_string(), "Backup".to_string())].into(),
+            candidates,
+        }
+    }
+
+    fn catalog() -> Catalog {
+        Catalog::parse(CATALOG).expect("catalog")
+    }
+
+    fn staff_mail(routed: &Routed) -> Vec<(&str, &[RecipientClass])> {
+        routed
+            .deliveries
+            .iter()
+            .filter(|d| d.mail.number == "5-1-2")
+            .map(|d| (d.recipient.address.as_str(), d.recipient.classes.as_slice()))
+            .collect()
+    }
+
+    #[test]
+    fn an_address_reached_twice_gets_one_mail_with_both_classes() {
+        let routed = plan(
+            &catalog(),
+            &event(),
+            &view(vec![
+                candidate(ProductStaff, "tanaka@acme.example", "田中"),
+                candidate(ProductStaff, "Tanaka@ACME.example", ""),
+                candidate(CustomerStaff, "tanaka@acme.example", ""),
+                candidate(CompanyWide, "ops@acme.example", ""),
+            ]),
+        );
+        assert_eq!(
+            staff_mail(&routed),
+            vec![
+                ("ops@acme.example", &[CompanyWide][..]),
+                ("tanaka@acme.example", &[ProductStaff, CustomerStaff][..]),
+            ]
+        );
+        assert_eq!(routed.deliveries[1].recipient.name, "田中");
+    }
+
+    #[test]
+    fn classes_that_reach_nobody_are_reported_not_failed() {
+        let routed = plan(
+            &catalog(),
+            &event(),
+            &view(vec![candidate(CompanyWide, "ops@x.example", "")]),
+        );
+        assert_eq!(routed.deliveries.len(), 1);
+        assert_eq!(
+            routed.empty_classes,
+            vec![
+                ("5-1-1".to_string(), CustomerAdmin),
+                ("5-1-1".to_string(), CustomerInvitee),
+                ("5-1-2".to_string(), ProductStaff),
+                ("5-1-2".to_string(), CustomerStaff),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_disabled_mail_is_not_planned() {
+        let mut view = view(vec![candidate(CustomerAdmin, "admin@c.example", "")]);
+        view.disabled_mails = vec!["5-1-1".into()];
+        let routed = plan(&catalog(), &event(), &view);
+        assert!(routed.deliveries.is_empty());
+        assert_eq!(routed.disabled_mails, vec!["5-1-1".to_string()]);
+    }
+
+    #[test]
+    fn items_get_names_and_decimal_amounts() {
+        let routed = plan(
+            &catalog(),
+            &event(),
+            &view(vec![candidate(CustomerAdmin, "a@c.example", "")]),
+        );
+        let items = &routed.deliveries[0].transaction.items;
+        assert_eq!(
+            (items[0].product_name.as_str(), items[0].amount.as_str()),
+            ("Backup", "3601.5")
+        );
+        assert_eq!(
+            (items[1].product_name.as_str(), items[1].amount.as_str()),
+            ("Given", "")
+        );
+        assert_eq!(routed.unknown_products, 1);
+    }
+}
