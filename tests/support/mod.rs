@@ -1,1 +1,430 @@
+//! What the end-to-end tests share: a [`TestEnv`] per test, with its own
+//! database, topics, consumer groups and mail domain on the real local stack
+//! (`deploy/local/stack.sh up`), the built binaries started as processes, and
+//! a reader of the MailDev inbox.
+//!
+//! Nothing is shared between tests but the servers, so the suite runs twice
+//! in a row, and tests run in parallel.
 
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Deserialize;
+use tanto::config::{Settings, Topics};
+
+const ADMIN_DATABASE_URL: &str = "postgres://tanto:tanto@127.0.0.1:5432/tanto";
+const BROKERS: &str = "127.0.0.1:9092";
+const MAILDEV: &str = "http://127.0.0.1:1080";
+
+/// How long a test waits for mails before it fails.
+pub const MAIL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One test's private slice of the stack.
+#[derive(Debug)]
+pub struct TestEnv {
+    /// A short token unique to this test run, used in every name below.
+    pub id: String,
+    pub database_url: String,
+    pub topics: Topics,
+    children: Vec<(String, Child)>,
+}
+
+impl TestEnv {
+    /// Creates the database (migrated) and the topics of a new test.
+    pub async fn new() -> Self {
+        let id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let database_url = create_database(&id).await;
+        let topics = Topics {
+            orders: format!("{id}.commerce.orders"),
+            contracts: format!("{id}.commerce.contracts"),
+            quotes: format!("{id}.commerce.quotes"),
+            deliveries: format!("{id}.tanto.deliveries"),
+            events_dlq: format!("{id}.tanto.events.dlq"),
+            deliveries_dlq: format!("{id}.tanto.deliveries.dlq"),
+        };
+        let env = Self {
+            id,
+            database_url,
+            topics,
+            children: Vec::new(),
+        };
+        let settings = env.settings();
+        let pool = tanto::db::pool(&settings.database).unwrap();
+        tanto::db::migrate(&pool).await.unwrap();
+        tanto::kafka::ensure_topics(BROKERS, &env.topics.all(), 2)
+            .await
+            .unwrap();
+        env
+    }
+
+    /// The mail domain of this test: every address in its routing data
+    /// ends with it, so its mails can be told from other tests'.
+    pub fn domain(&self) -> String {
+        format!("{}.example", self.id)
+    }
+
+    /// The `TANTO_*` environment of this test's binaries.
+    pub fn vars(&self) -> Vec<(String, String)> {
+        let repo = repo_root();
+        let topics = &self.topics;
+        [
+            ("TANTO_KAFKA_BROKERS", BROKERS.to_string()),
+            ("TANTO_DATABASE_URL", self.database_url.clone()),
+            (
+                "TANTO_CATALOG",
+                repo.join("deploy/mail/catalog.yaml").display().to_string(),
+            ),
+            (
+                "TANTO_TEMPLATES",
+                repo.join("deploy/mail/templates").display().to_string(),
+            ),
+            ("TANTO_TOPIC_ORDERS", topics.orders.clone()),
+            ("TANTO_TOPIC_CONTRACTS", topics.contracts.clone()),
+            ("TANTO_TOPIC_QUOTES", topics.quotes.clone()),
+            ("TANTO_TOPIC_DELIVERIES", topics.deliveries.clone()),
+            ("TANTO_TOPIC_EVENTS_DLQ", topics.events_dlq.clone()),
+            ("TANTO_TOPIC_DELIVERIES_DLQ", topics.deliveries_dlq.clone()),
+            (
+                "TANTO_MAIL_FROM",
+                format!("ACME <noreply@{}>", self.domain()),
+            ),
+            ("TANTO_LOG", "info,tanto=debug".to_string()),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value))
+        .collect()
+    }
+
+    /// The settings the binaries of this test run with.
+    pub fn settings(&self) -> Settings {
+        Settings::from_vars(self.vars()).unwrap()
+    }
+
+    /// Starts a long-running binary and waits until it logs that it is ready.
+    pub fn start(&mut self, binary: &str) {
+        let log_path = log_dir().join(format!("{}-{binary}.log", self.id));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = self
+            .command(binary)
+            .env("TANTO_CONSUMER_GROUP", format!("{}-{binary}", self.id))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {binary}: {err} (run `make build`)"));
+        self.children.push((binary.to_string(), child));
+        wait_for_ready(binary, &log_path);
+    }
+
+    /// Runs the `tanto` CLI with this test's settings.
+    pub fn tanto(&self, args: &[&str]) -> Output {
+        self.command("tanto").args(args).output().unwrap()
+    }
+
+    /// Applies a routing file and fails the test if it is refused.
+    pub fn apply(&self, yaml: &str) {
+        let path = log_dir().join(format!("{}-routing-{}.yaml", self.id, uuid::Uuid::new_v4()));
+        std::fs::write(&path, yaml).unwrap();
+        let output = self.tanto(&["apply", "-f", path.to_str().unwrap()]);
+        assert!(
+            output.status.success(),
+            "apply failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Publishes one event, keyed by its transaction id, to `topic`.
+    pub async fn publish(&self, topic: &str, event: &serde_json::Value) {
+        let key = event["transaction"]["id"]
+            .as_str()
+            .unwrap_or("no-key")
+            .to_string();
+        let payload = event.to_string();
+        publish_raw(topic, &key, payload.as_bytes()).await;
+    }
+
+    /// A client of this test's database.
+    pub async fn db(&self) -> tokio_postgres::Client {
+        connect(&self.database_url).await
+    }
+
+    fn command(&self, binary: &str) -> Command {
+        let mut command = Command::new(bin_dir().join(binary));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        command.current_dir(repo_root()).envs(self.vars());
+        command
+    }
+}
+
+impl Drop for TestEnv {
+    /// Stops the binaries with SIGTERM, so their shutdown path runs too.
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+        }
+        for (_, child) in &mut self.children {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Produces one raw message, as any producer would.
+pub async fn publish_raw(topic: &str, key: &str, payload: &[u8]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(err, _)| err)
+        .unwrap();
+}
+
+/// A mail as MailDev shows it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Mail {
+    pub subject: String,
+    #[serde(default)]
+    pub text: String,
+    #[serde(default)]
+    pub html: String,
+    pub to: Vec<MailAddress>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MailAddress {
+    pub address: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+impl Mail {
+    pub fn recipient(&self) -> &str {
+        &self.to[0].address
+    }
+
+    pub fn message_id(&self) -> String {
+        self.headers
+            .get("message-id")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// Every mail MailDev holds for an address ending with `domain`.
+pub async fn mails_for(domain: &str) -> Vec<Mail> {
+    let all: Vec<Mail> = reqwest::get(format!("{MAILDEV}/api/email"))
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    all.into_iter()
+        .filter(|mail| {
+            mail.to
+                .iter()
+                .any(|to| to.address.to_lowercase().ends_with(domain))
+        })
+        .collect()
+}
+
+/// Waits until at least `count` mails for `domain` have arrived, then a
+/// little longer so that an extra mail (a duplicate) would show, and returns
+/// them sorted by (recipient, subject).
+pub async fn wait_for_mails(domain: &str, count: usize) -> Vec<Mail> {
+    let deadline = Instant::now() + MAIL_TIMEOUT;
+    loop {
+        let mails = mails_for(domain).await;
+        if mails.len() >= count {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {count} mails for {domain} arrived in {MAIL_TIMEOUT:?}",
+            mails.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut mails = mails_for(domain).await;
+    mails.sort_by(|a, b| (a.recipient(), &a.subject).cmp(&(b.recipient(), &b.subject)));
+    mails
+}
+
+/// (recipient, subject) of each mail, for compact assertions.
+pub fn summary(mails: &[Mail]) -> Vec<(String, String)> {
+    mails
+        .iter()
+        .map(|m| (m.recipient().to_string(), m.subject.clone()))
+        .collect()
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+async fn create_database(id: &str) -> String {
+    let admin = connect(ADMIN_DATABASE_URL).await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE tanto_{id}"))
+        .await
+        .unwrap();
+    format!("{ADMIN_DATABASE_URL}_{id}")
+}
+
+fn wait_for_ready(binary: &str, log_path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(log_path).unwrap_or_default();
+        if log.contains("ready") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{binary} did not become ready:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn bin_dir() -> PathBuf {
+    match std::env::var("TANTO_BIN_DIR") {
+        Ok(dir) => repo_root().join(dir),
+        Err(_) => repo_root().join("target/debug"),
+    }
+}
+
+fn log_dir() -> PathBuf {
+    let dir = repo_root().join("target/e2e");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The routing data most tests use, for tenant `env.id`, store `ACME`:
+///
+/// - `acc-ops` is company-wide;
+/// - `acc-tanaka` is in both groups, so product staff and customer staff;
+/// - `acc-suzuki` is product staff only, `east-sales-ml` (a mailing list)
+///   customer staff only, and `acc-sato` is product staff but inactive;
+/// - product P-100 is linked to `solution`, P-200 to nobody;
+/// - customer C-1001 is linked to `east`, with an admin and one invitee.
+pub fn standard_routing(env: &TestEnv) -> String {
+    let d = env.domain();
+    format!(
+        r#"
+tenant: {id}
+store_name: ACME
+company_wide: [acc-ops]
+disabled_mails: []
+accounts:
+  - {{ id: acc-ops, email: ops@{d}, name: 運用チーム }}
+  - {{ id: acc-tanaka, email: tanaka@{d}, name: 田中 一郎 }}
+  - {{ id: acc-suzuki, email: suzuki@{d}, name: 鈴木 次郎 }}
+  - {{ id: acc-sato, email: sato@{d}, name: 佐藤 三郎, active: false }}
+  - {{ id: acc-ml, email: east-sales-ml@{d}, name: 東日本営業ML }}
+groups:
+  - {{ id: solution, name: ソリューション商品担当部門, members: [acc-tanaka, acc-suzuki, acc-sato] }}
+  - {{ id: east, name: 東日本エリア販売グループ, members: [acc-tanaka, acc-ml] }}
+products:
+  - {{ id: P-100, name: クラウドバックアップ Pro, groups: [solution] }}
+  - {{ id: P-200, name: セキュリティ診断, groups: [] }}
+customers:
+  - id: C-1001
+    name: サンプル株式会社
+    groups: [east]
+    admin: {{ email: admin@c1.{d}, name: 山田 太郎 }}
+    invitees: [ {{ email: buyer@c1.{d}, name: 佐藤 花子 }} ]
+"#,
+        id = env.id
+    )
+}
+
+/// A transaction event of `event_type` for tenant `tenant`, customer C-1001,
+/// with one item of each product id given, and a fresh event id.
+pub fn event(tenant: &str, event_type: &str, products: &[&str]) -> serde_json::Value {
+    let family = event_type.split('.').next().unwrap();
+    let (id, number) = match family {
+        "order" => ("O-1", "ORD-000123"),
+        "contract" => ("K-1", "CNT-000045"),
+        _ => ("Q-1", "QUO-000678"),
+    };
+    let items: Vec<serde_json::Value> = products
+        .iter()
+        .map(|product| {
+            serde_json::json!({
+                "product_id": product, "quantity": 2, "unit_price": "12000"
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "event_id": uuid::Uuid::new_v4().to_string(),
+        "event_type": event_type,
+        "occurred_at": "2026-12-03T10:15:00+09:00",
+        "tenant_id": tenant,
+        "customer_id": "C-1001",
+        "transaction": {
+            "id": id, "number": number, "items": items,
+            "total_amount": (24000 * products.len()).to_string(), "currency": "JPY"
+        }
+    })
+}
+
+/// The subject of a mail of store ACME.
+pub fn subject(text: &str) -> String {
+    format!("[ACME ストア・マイページ]{text}")
+}
+
+/// (recipient, status, classes) of every ledger row, sorted.
+pub async fn ledger(env: &TestEnv) -> Vec<(String, String, Vec<String>)> {
+    let rows = env
+        .db()
+        .await
+        .query(
+            "SELECT recipient_address, status, recipient_classes FROM deliveries
+             ORDER BY recipient_address, management_number",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect()
+}
