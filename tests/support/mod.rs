@@ -236,7 +236,7 @@ impl Mail {
     }
 }
 
-/// Every mail MailDev holds for an address ending with `domain`.
+/// Every mail MailDev holds for an address at `domain` or a subdomain of it.
 pub async fn mails_for(domain: &str) -> Vec<Mail> {
     let all: Vec<Mail> = reqwest::get(format!("{MAILDEV}/api/email"))
         .await
@@ -246,12 +246,13 @@ pub async fn mails_for(domain: &str) -> Vec<Mail> {
         .json()
         .await
         .unwrap();
+    let (at, dot) = (format!("@{domain}"), format!(".{domain}"));
+    let ours = |address: &str| {
+        let address = address.to_lowercase();
+        address.ends_with(&at) || address.ends_with(&dot)
+    };
     all.into_iter()
-        .filter(|mail| {
-            mail.to
-                .iter()
-                .any(|to| to.address.to_lowercase().ends_with(domain))
-        })
+        .filter(|mail| mail.to.iter().any(|to| ours(&to.address)))
         .collect()
 }
 
