@@ -2,6 +2,9 @@
 //! written, and a bad file of any kind is refused as a whole, with its place
 //! named, and changes nothing.
 
+// A test fails loudly on anything unexpected; unwrap is how it says so.
+#![allow(clippy::unwrap_used)]
+
 use std::process::Output;
 
 use tanto_e2e::{TestEnv, standard_routing};

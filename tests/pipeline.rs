@@ -1,6 +1,9 @@
 //! Events published on each of the three topics end as the right mails, to
 //! the right people, in the MailDev inbox: notifier, Kafka, mailer, SMTP.
 
+// A test fails loudly on anything unexpected; unwrap is how it says so.
+#![allow(clippy::unwrap_used)]
+
 use tanto_e2e::{TestEnv, event, ledger, standard_routing, subject, summary, wait_for_mails};
 
 fn pairs(expected: &[(&str, &str)], domain: &str) -> Vec<(String, String)> {

@@ -1,6 +1,9 @@
 //! The routing rules of docs/routing.md, each proved end to end: an order
 //! event goes through the order notifier and the mailer into MailDev.
 
+// A test fails loudly on anything unexpected; unwrap is how it says so.
+#![allow(clippy::unwrap_used)]
+
 use tanto_e2e::{
     TestEnv, event, ledger, mails_for, standard_routing, subject, summary, wait_for_mails,
 };
