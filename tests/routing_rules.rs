@@ -176,6 +176,47 @@ async fn a_class_that_resolves_to_nobody_is_no_error() {
             .iter()
             .all(|(_, status, classes)| status == "sent" && classes == &["company_wide"])
     );
+    let routed = env
+        .db()
+        .await
+        .query(
+            "SELECT event_type, empty_classes FROM routed_events ORDER BY event_type",
+            &[],
+        )
+        .await
+        .unwrap();
+    let empty: Vec<(String, Vec<String>)> =
+        routed.iter().map(|row| (row.get(0), row.get(1))).collect();
+    let classes = |number: &str| {
+        [
+            "product_staff",
+            "customer_staff",
+            "customer_admin",
+            "customer_invitee",
+        ]
+        .into_iter()
+        .map(|class| format!("{number}:{class}"))
+        .collect::<Vec<_>>()
+    };
+    let staff_and_customer = |customer: &str, staff: &str| {
+        let mut all = classes(customer)[2..].to_vec();
+        all.extend(classes(staff)[..2].to_vec());
+        all
+    };
+    assert_eq!(
+        empty,
+        [
+            (
+                "order.applied".to_string(),
+                staff_and_customer("5-1-1", "5-1-2")
+            ),
+            (
+                "order.confirmed".to_string(),
+                staff_and_customer("5-1-3", "5-1-4")
+            ),
+        ],
+        "the history shows every class that reached nobody"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -144,4 +144,79 @@ mod tests {
             delivery_id("a", "bc", "n", "x")
         );
     }
+
+    fn delivery_validator() -> jsonschema::Validator {
+        let schema: serde_json::Value = serde_json::from_str(DELIVERY_SCHEMA).expect("schema");
+        jsonschema::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .expect("valid schema")
+    }
+
+    #[test]
+    fn the_shipped_example_is_a_valid_delivery() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../schemas/examples/delivery.json");
+        let text = std::fs::read_to_string(path).expect("example");
+        let value: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let errors: Vec<String> = delivery_validator()
+            .iter_errors(&value)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        let message = DeliveryMessage::from_json(text.as_bytes()).expect("deserializes");
+        assert_eq!(message.recipient.classes.len(), 2);
+    }
+
+    #[test]
+    fn what_the_notifier_writes_matches_the_schema() {
+        let message = DeliveryMessage {
+            schema_version: SCHEMA_VERSION,
+            delivery_id: delivery_id("acme", "e-1", "5-1-1", "admin@sample.example"),
+            tenant_id: "acme".into(),
+            store_name: "ACME".into(),
+            mail: MailRef {
+                number: "5-1-1".into(),
+                name: "注文申込".into(),
+            },
+            event: EventRef {
+                event_id: "e-1".into(),
+                event_type: EventType::OrderApplied,
+                occurred_at: "2026-12-03T10:15:00+09:00".into(),
+            },
+            customer: CustomerRef {
+                id: "C-1001".into(),
+                name: String::new(),
+            },
+            transaction: TransactionView {
+                id: "O-1".into(),
+                number: "ORD-1".into(),
+                items: vec![ItemView {
+                    product_id: "P-1".into(),
+                    product_name: String::new(),
+                    quantity: String::new(),
+                    unit_price: String::new(),
+                    amount: String::new(),
+                }],
+                total_amount: String::new(),
+                currency: String::new(),
+            },
+            recipient: Recipient {
+                address: "admin@sample.example".into(),
+                name: String::new(),
+                classes: vec![RecipientClass::CustomerAdmin],
+            },
+            replay_count: 0,
+        };
+        let value = serde_json::to_value(&message).expect("serializes");
+        let errors: Vec<String> = delivery_validator()
+            .iter_errors(&value)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            DeliveryMessage::from_json(&message.to_json()).expect("round trip"),
+            message
+        );
+    }
 }

@@ -390,4 +390,30 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn the_shipped_examples_are_valid_events() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/examples");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).expect("schemas/examples") {
+            let path = entry.expect("entry").path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            if !name.starts_with("event.") {
+                continue;
+            }
+            let payload = std::fs::read(&path).expect("example");
+            let family = name.split('.').nth(1).expect("event.<family>.…");
+            let family = Family::ALL
+                .into_iter()
+                .find(|f| f.as_str() == family)
+                .expect("family");
+            parse(&payload, family).unwrap_or_else(|err| panic!("{name}: {err}"));
+            checked += 1;
+        }
+        assert!(checked >= 3);
+    }
 }

@@ -4,9 +4,10 @@
 //!
 //! Delivery guarantee: at least once, exactly once in effect. An event's
 //! offset is stored only after every delivery message it produced (or its
-//! dead-letter record) is acknowledged by Kafka, so a crash at any moment
-//! routes the event again rather than losing it. Routing again yields the
-//! same deterministic `delivery_id`s, which the mailer uses to drop repeats.
+//! dead-letter record) is acknowledged by Kafka and the event is recorded in
+//! `routed_events`, so a crash at any moment routes the event again rather
+//! than losing it. Routing again yields the same deterministic
+//! `delivery_id`s, which the mailer uses to drop repeats.
 //! Events of one partition are handled in order, one at a time.
 //!
 //! An event that cannot be routed (malformed, schema violation, unknown
@@ -29,7 +30,7 @@ use crate::consumer::{self, Handled, Handler};
 use crate::delivery::DeliveryMessage;
 use crate::event::{self, Event, Family, Rejection};
 use crate::kafka::{self, DeadLetterHeaders};
-use crate::routing::{RouteError, Router};
+use crate::routing::{RouteError, Router, record};
 use crate::shutdown::Shutdown;
 
 /// How long a produce may wait for room in the producer's queue.
@@ -113,7 +114,8 @@ impl Notifier {
         match self.router.route(event).await {
             Ok(routed) => {
                 log_routed(event, &routed);
-                self.publish(&routed.deliveries).await
+                self.publish(&routed.deliveries).await?;
+                record::record(self.router.pool(), event, &routed).await
             }
             Err(RouteError::Rejected(rejection)) => self.dead_letter(message, &rejection).await,
             Err(RouteError::Unavailable(err)) => Err(err),

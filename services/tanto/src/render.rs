@@ -118,3 +118,94 @@ fn context(delivery: &DeliveryMessage) -> Context {
     value["recipient"]["class_labels"] = json!(labels);
     Context::from_value(value).expect("a JSON object is a valid tera context")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::DeliveryMessage;
+
+    fn shipped() -> Renderer {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mail");
+        let catalog = Catalog::load(&root.join("catalog.yaml")).expect("catalog");
+        Renderer::load(&root.join("templates"), catalog).expect("templates")
+    }
+
+    fn sample(number: &str) -> DeliveryMessage {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/examples/delivery.json");
+        let mut delivery =
+            DeliveryMessage::from_json(&std::fs::read(path).expect("example")).expect("delivery");
+        delivery.mail.number = number.to_string();
+        delivery
+    }
+
+    #[test]
+    fn every_shipped_mail_renders_its_subject_text_and_html() {
+        let renderer = shipped();
+        for mail in renderer.catalog().mails() {
+            let rendered = renderer.render(&sample(&mail.number)).expect(&mail.number);
+            assert!(
+                rendered.subject.starts_with("[ACME ストア・マイページ]"),
+                "{}",
+                rendered.subject
+            );
+            assert!(
+                rendered.text.contains("ORD-000123"),
+                "{}: {}",
+                mail.number,
+                rendered.text
+            );
+            assert!(rendered.html.contains("ORD-000123"), "{}", mail.number);
+        }
+    }
+
+    #[test]
+    fn html_is_escaped_and_text_is_not() {
+        let mut delivery = sample("5-1-2");
+        delivery.transaction.items[0].product_name = "<b>Pro</b> & more".into();
+        let rendered = shipped().render(&delivery).expect("render");
+        assert!(
+            rendered
+                .html
+                .contains("&lt;b&gt;Pro&lt;&#x2F;b&gt; &amp; more"),
+            "{}",
+            rendered.html
+        );
+        assert!(rendered.text.contains("<b>Pro</b> & more"));
+    }
+
+    #[test]
+    fn a_missing_variable_is_an_error_naming_the_template() {
+        let dir = std::env::temp_dir().join(format!("tanto-render-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("broken.txt"), "{{ transaction.no_such_field }}").expect("txt");
+        std::fs::write(dir.join("broken.html"), "<p>{{ store_name }}</p>").expect("html");
+        let catalog = Catalog::parse(
+            "mails:\n  - { number: \"5-1-2\", name: n, event_type: order.applied, audience: staff,\n      recipients: [company_wide], subject: s, template: broken, origin: tanto }\n",
+        )
+        .expect("catalog");
+        let err = Renderer::load(&dir, catalog)
+            .expect("load")
+            .render(&sample("5-1-2"))
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("broken.txt"), "{message}");
+        assert!(message.contains("no_such_field"), "{message}");
+    }
+
+    #[test]
+    fn a_catalog_entry_without_its_templates_stops_loading() {
+        let dir = std::env::temp_dir().join(format!("tanto-render-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("only.txt"), "x").expect("txt");
+        let catalog = Catalog::parse(
+            "mails:\n  - { number: \"5-1-2\", name: n, event_type: order.applied, audience: staff,\n      recipients: [company_wide], subject: s, template: only, origin: tanto }\n",
+        )
+        .expect("catalog");
+        let err = Renderer::load(&dir, catalog).unwrap_err();
+        assert!(
+            err.to_string().contains("needs the template only.html"),
+            "{err}"
+        );
+    }
+}

@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod file;
+pub mod record;
 pub mod resolve;
 
 pub use apply::{ApplySummary, apply};

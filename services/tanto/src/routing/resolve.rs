@@ -113,6 +113,10 @@ impl Router {
         &self.catalog
     }
 
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// Routes one event: reads its routing data and plans its deliveries.
     pub async fn route(&self, event: &Event) -> Result<Routed, RouteError> {
         let view = self
