@@ -37,6 +37,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "TANTO_SMTP_USERNAME",
     "TANTO_SMTP_PASSWORD",
     "TANTO_SMTP_TIMEOUT_SECS",
+    "TANTO_SMTP_CONNECTIONS",
     "TANTO_MAIL_FROM",
     "TANTO_LOG",
     "TANTO_LOG_FORMAT",
@@ -129,6 +130,8 @@ pub struct SmtpSettings {
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub timeout: Duration,
+    /// At most this many mails are sent at once, each on its own connection.
+    pub connections: usize,
 }
 
 /// How the mailer secures its SMTP connection. There is deliberately no
@@ -246,6 +249,7 @@ impl Settings {
                 username: vars.optional("TANTO_SMTP_USERNAME"),
                 password: vars.optional("TANTO_SMTP_PASSWORD").map(Secret::new),
                 timeout: vars.seconds("TANTO_SMTP_TIMEOUT_SECS", 30)?,
+                connections: vars.parsed("TANTO_SMTP_CONNECTIONS", 4)?,
             },
             telemetry: TelemetrySettings {
                 filter: vars.string("TANTO_LOG", "info,rdkafka=warn"),
@@ -268,6 +272,9 @@ impl Settings {
         }
         if self.kafka.topic_partitions < 1 {
             bail!("TANTO_TOPIC_PARTITIONS must be at least 1");
+        }
+        if self.smtp.connections < 1 {
+            bail!("TANTO_SMTP_CONNECTIONS must be at least 1");
         }
         if self.database.pool_size < 1 {
             bail!("TANTO_DATABASE_POOL_SIZE must be at least 1");

@@ -1,36 +1,70 @@
 //! The consume loop shared by the notifiers and the mailer.
 //!
-//! Messages are handled one at a time, in partition order. A message's
-//! offset is stored only after its handler says the work is durable
-//! ([`Handled::Done`]); librdkafka commits stored offsets in the background
-//! and once more at shutdown. A crash therefore repeats work, never skips it.
+//! Messages are taken in batches and handled concurrently, except that
+//! messages with the same key in the same partition are handled one after
+//! the other, in offset order (events of one transaction stay in order).
+//! An offset is stored only over the contiguous prefix of a partition's
+//! messages whose handler said the work is durable ([`Handled::Done`]);
+//! librdkafka commits stored offsets in the background and once more at
+//! shutdown. A crash therefore repeats work, never skips it.
+//!
+//! While a batch waits on a dependency (a database that does not answer),
+//! the loop pauses the assigned partitions and keeps polling, so the
+//! consumer keeps its group membership; messages that were already fetched
+//! are kept for the next batch, not lost.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures::future::join_all;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::BorrowedMessage;
+use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, Producer};
+use tokio::time::Instant;
 
 use crate::shutdown::Shutdown;
 
 /// What became of one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handled {
-    /// The work is durable: store the offset and go on.
+    /// The work is durable: the offset may move past this message.
     Done,
     /// Shutdown came while the handler was waiting for a dependency; the
     /// message is not done and will be read again after a restart.
     Interrupted,
 }
 
-/// Handles one consumed message.
+/// Handles one consumed message. Called concurrently for messages of
+/// different keys, so it must be safe to run several at once.
 pub trait Handler {
     fn handle(
         &self,
-        message: &BorrowedMessage<'_>,
+        message: &OwnedMessage,
         shutdown: &Shutdown,
     ) -> impl Future<Output = anyhow::Result<Handled>>;
+}
+
+/// How the loop groups messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// At most this many messages are handled at once.
+    pub max_messages: usize,
+    /// A batch waits at most this long for more messages once it has one.
+    pub max_wait: Duration,
+    /// A batch still running after this long pauses the partitions and
+    /// polls, so that a long wait does not cost the group membership.
+    pub keepalive_after: Duration,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Self {
+            max_messages: 500,
+            max_wait: Duration::from_millis(20),
+            keepalive_after: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Consumes until shutdown, then flushes `producer` and commits.
@@ -39,9 +73,10 @@ pub async fn consume<H: Handler>(
     producer: &FutureProducer,
     handler: &H,
     shutdown: &Shutdown,
+    batching: Batching,
     deadline: Duration,
 ) -> anyhow::Result<()> {
-    let result = consume_until_shutdown(consumer, handler, shutdown).await;
+    let result = consume_until_shutdown(consumer, handler, shutdown, batching).await;
     close(consumer, producer, deadline);
     result
 }
@@ -50,31 +85,171 @@ async fn consume_until_shutdown<H: Handler>(
     consumer: &StreamConsumer,
     handler: &H,
     shutdown: &Shutdown,
+    batching: Batching,
 ) -> anyhow::Result<()> {
+    let mut pending = Vec::new();
     loop {
-        let received = tokio::select! {
-            biased;
-            _ = shutdown.wait() => return Ok(()),
-            received = consumer.recv() => received,
+        let Some(batch) = next_batch(consumer, &mut pending, shutdown, batching).await else {
+            return Ok(());
         };
-        let message = match received {
-            Ok(message) => message,
-            Err(err) => {
-                // librdkafka reconnects by itself; its errors here are reports.
-                tracing::warn!(error = %err, "Kafka consumer error");
-                continue;
-            }
-        };
-        match handler.handle(&message, shutdown).await? {
-            Handled::Done => consumer.store_offset_from_message(&message)?,
-            Handled::Interrupted => return Ok(()),
+        let outcomes =
+            handle_keeping_alive(consumer, handler, &batch, &mut pending, shutdown, batching);
+        let outcomes = outcomes.await?;
+        store_finished(consumer, &batch, &outcomes);
+        if outcomes.contains(&Handled::Interrupted) {
+            return Ok(());
         }
-        tracing::debug!(
-            topic = message.topic(),
-            partition = message.partition(),
-            offset = message.offset(),
-            "message handled"
-        );
+    }
+}
+
+/// Takes the next batch: messages kept from the last pause first, then
+/// whatever arrives within `max_wait` of the first. `None` on shutdown.
+async fn next_batch(
+    consumer: &StreamConsumer,
+    pending: &mut Vec<OwnedMessage>,
+    shutdown: &Shutdown,
+    batching: Batching,
+) -> Option<Vec<OwnedMessage>> {
+    let take = pending.len().min(batching.max_messages);
+    let mut batch: Vec<OwnedMessage> = pending.drain(..take).collect();
+    if batch.is_empty() {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait() => return None,
+            message = receive(consumer) => batch.push(message),
+        }
+    }
+    let deadline = Instant::now() + batching.max_wait;
+    while batch.len() < batching.max_messages {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait() => break,
+            _ = tokio::time::sleep_until(deadline) => break,
+            message = receive(consumer) => batch.push(message),
+        }
+    }
+    Some(batch)
+}
+
+/// The next message; consumer errors are reports (librdkafka reconnects by
+/// itself), so they are logged and skipped.
+async fn receive(consumer: &StreamConsumer) -> OwnedMessage {
+    loop {
+        match consumer.recv().await {
+            Ok(message) => return message.detach(),
+            Err(err) => tracing::warn!(error = %err, "Kafka consumer error"),
+        }
+    }
+}
+
+/// Handles a batch; if it takes longer than `keepalive_after`, pauses the
+/// assignment and polls until it is done, keeping what arrives meanwhile.
+async fn handle_keeping_alive<H: Handler>(
+    consumer: &StreamConsumer,
+    handler: &H,
+    batch: &[OwnedMessage],
+    pending: &mut Vec<OwnedMessage>,
+    shutdown: &Shutdown,
+    batching: Batching,
+) -> anyhow::Result<Vec<Handled>> {
+    let work = handle_batch(handler, batch, shutdown);
+    tokio::pin!(work);
+    let keepalive = tokio::time::sleep(batching.keepalive_after);
+    tokio::pin!(keepalive);
+    let mut paused = false;
+    loop {
+        tokio::select! {
+            outcomes = &mut work => {
+                if paused {
+                    set_paused(consumer, false);
+                }
+                return outcomes;
+            }
+            _ = &mut keepalive, if !paused => paused = set_paused(consumer, true),
+            message = receive(consumer), if paused => {
+                pending.push(message);
+                // A rebalance may have assigned partitions that are not paused.
+                set_paused(consumer, true);
+            }
+        }
+    }
+}
+
+/// Pauses or resumes the whole assignment; returns whether it is paused.
+fn set_paused(consumer: &StreamConsumer, pause: bool) -> bool {
+    let result = consumer.assignment().and_then(|assignment| {
+        if pause {
+            consumer.pause(&assignment)
+        } else {
+            consumer.resume(&assignment)
+        }
+    });
+    if let Err(err) = result {
+        tracing::warn!(error = %err, pause, "cannot pause or resume the assignment");
+    }
+    pause
+}
+
+/// Messages with the same topic, partition and key form one chain.
+type ChainKey<'a> = (&'a str, i32, Option<&'a [u8]>);
+
+/// Handles every message of a batch; one chain per (partition, key) runs
+/// its messages in order, chains run concurrently. A chain stops at its
+/// first interrupted message: the rest of it is interrupted too.
+async fn handle_batch<H: Handler>(
+    handler: &H,
+    batch: &[OwnedMessage],
+    shutdown: &Shutdown,
+) -> anyhow::Result<Vec<Handled>> {
+    let mut chains: BTreeMap<ChainKey<'_>, Vec<usize>> = BTreeMap::new();
+    for (index, message) in batch.iter().enumerate() {
+        let chain = (message.topic(), message.partition(), message.key());
+        chains.entry(chain).or_default().push(index);
+    }
+    let runs = chains.into_values().map(|indexes| async move {
+        let mut outcomes = Vec::with_capacity(indexes.len());
+        for index in indexes {
+            let outcome = handler.handle(&batch[index], shutdown).await?;
+            outcomes.push((index, outcome));
+            if outcome == Handled::Interrupted {
+                break;
+            }
+        }
+        anyhow::Ok(outcomes)
+    });
+    let mut outcomes = vec![Handled::Interrupted; batch.len()];
+    for run in join_all(runs).await {
+        for (index, outcome) in run? {
+            outcomes[index] = outcome;
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Stores, per partition, the offset of the last message of the contiguous
+/// prefix of finished messages.
+fn store_finished(consumer: &StreamConsumer, batch: &[OwnedMessage], outcomes: &[Handled]) {
+    let mut partitions: BTreeMap<(&str, i32), Vec<(i64, Handled)>> = BTreeMap::new();
+    for (message, outcome) in batch.iter().zip(outcomes) {
+        let partition = partitions
+            .entry((message.topic(), message.partition()))
+            .or_default();
+        partition.push((message.offset(), *outcome));
+    }
+    for ((topic, partition), mut offsets) in partitions {
+        offsets.sort_unstable_by_key(|(offset, _)| *offset);
+        let finished = offsets
+            .iter()
+            .take_while(|(_, outcome)| *outcome == Handled::Done)
+            .last();
+        if let Some((offset, _)) = finished {
+            // librdkafka stores offset + 1: the next message to read.
+            if let Err(err) = consumer.store_offset(topic, partition, *offset) {
+                // The partition was revoked meanwhile; its new owner reads
+                // these messages again and the deliveries are deduplicated.
+                tracing::warn!(topic, partition, error = %err, "cannot store offset");
+            }
+        }
     }
 }
 
@@ -83,7 +258,7 @@ async fn consume_until_shutdown<H: Handler>(
 /// after the last finished message.
 fn close(consumer: &StreamConsumer, producer: &FutureProducer, deadline: Duration) {
     if let Err(err) = producer.flush(deadline) {
-        tracing::error!(error = %err, "producer flush failed at shutdown; unflushed messages will be produced again after restart");
+        tracing::error!(error = %err, "producer flush failed at shutdown; the messages of unfinished work will be produced again after restart");
     }
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => {}

@@ -21,12 +21,12 @@ use std::time::SystemTime;
 use anyhow::Context;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
-use rdkafka::message::BorrowedMessage;
+use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::catalog::Catalog;
 use crate::config::Settings;
-use crate::consumer::{self, Handled, Handler};
+use crate::consumer::{self, Batching, Handled, Handler};
 use crate::delivery::DeliveryMessage;
 use crate::kafka::{self, DeadLetterHeaders};
 use crate::ledger::{Claim, Failure, Ledger};
@@ -61,7 +61,15 @@ pub async fn run(settings: &Settings, shutdown: Shutdown) -> anyhow::Result<()> 
     };
     tracing::info!(topic = %topics.deliveries, group, "mailer ready");
     let deadline = settings.shutdown_deadline;
-    consumer::consume(&consumer, &mailer.producer, &mailer, &shutdown, deadline).await
+    consumer::consume(
+        &consumer,
+        &mailer.producer,
+        &mailer,
+        &shutdown,
+        Batching::default(),
+        deadline,
+    )
+    .await
 }
 
 struct Mailer {
@@ -73,11 +81,7 @@ struct Mailer {
 }
 
 impl Handler for Mailer {
-    async fn handle(
-        &self,
-        message: &BorrowedMessage<'_>,
-        shutdown: &Shutdown,
-    ) -> anyhow::Result<Handled> {
+    async fn handle(&self, message: &OwnedMessage, shutdown: &Shutdown) -> anyhow::Result<Handled> {
         let done = match DeliveryMessage::from_json(message.payload().unwrap_or_default()) {
             Ok(delivery) => self.deliver(message, &delivery, shutdown).await,
             Err(err) => {
@@ -98,7 +102,7 @@ impl Mailer {
     /// came while a step was waiting for the database or the broker.
     async fn deliver(
         &self,
-        message: &BorrowedMessage<'_>,
+        message: &OwnedMessage,
         delivery: &DeliveryMessage,
         shutdown: &Shutdown,
     ) -> Option<()> {
@@ -148,7 +152,7 @@ impl Mailer {
     /// with why it failed in headers.
     async fn dead_letter(
         &self,
-        message: &BorrowedMessage<'_>,
+        message: &OwnedMessage,
         failure: &Failure,
         attempts: i32,
     ) -> anyhow::Result<()> {

@@ -21,12 +21,12 @@ use anyhow::Context;
 use futures::future::try_join_all;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
-use rdkafka::message::BorrowedMessage;
+use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::catalog::Catalog;
 use crate::config::Settings;
-use crate::consumer::{self, Handled, Handler};
+use crate::consumer::{self, Batching, Handled, Handler};
 use crate::delivery::DeliveryMessage;
 use crate::event::{self, Event, Family, Rejection};
 use crate::kafka::{self, DeadLetterHeaders};
@@ -69,6 +69,7 @@ pub async fn run(settings: &Settings, family: Family, shutdown: Shutdown) -> any
         &notifier.producer,
         &notifier,
         &shutdown,
+        Batching::default(),
         deadline,
     )
     .await
@@ -90,11 +91,7 @@ struct Notifier {
 impl Handler for Notifier {
     /// Routes and publishes the event, or sets it aside; a failure of the
     /// database or the broker is retried until it passes or shutdown comes.
-    async fn handle(
-        &self,
-        message: &BorrowedMessage<'_>,
-        shutdown: &Shutdown,
-    ) -> anyhow::Result<Handled> {
+    async fn handle(&self, message: &OwnedMessage, shutdown: &Shutdown) -> anyhow::Result<Handled> {
         let parsed = event::parse(message.payload().unwrap_or_default(), self.family);
         let step = consumer::retry("route event", shutdown, || self.try_once(message, &parsed));
         Ok(step.await.map_or(Handled::Interrupted, |()| Handled::Done))
@@ -104,7 +101,7 @@ impl Handler for Notifier {
 impl Notifier {
     async fn try_once(
         &self,
-        message: &BorrowedMessage<'_>,
+        message: &OwnedMessage,
         parsed: &Result<Event, Rejection>,
     ) -> anyhow::Result<()> {
         let event = match parsed {
@@ -145,7 +142,7 @@ impl Notifier {
     /// the reason and the source position in headers.
     async fn dead_letter(
         &self,
-        message: &BorrowedMessage<'_>,
+        message: &OwnedMessage,
         rejection: &Rejection,
     ) -> anyhow::Result<()> {
         tracing::warn!(

@@ -7,12 +7,16 @@
 //! must never reach the wire as 8bit (../shared/docs/stack.md).
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use lettre::message::header::{ContentTransferEncoding, ContentType};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+use tokio::sync::Semaphore;
 
 use crate::config::{SmtpSettings, SmtpTls};
 use crate::delivery::DeliveryMessage;
@@ -45,11 +49,13 @@ impl SendError {
     }
 }
 
-/// An SMTP sender with a connection pool.
+/// An SMTP sender with a connection pool and a bound on concurrent sends:
+/// lettre's pool limits idle connections only, not concurrent ones.
 #[derive(Debug, Clone)]
 pub struct Sender {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
+    permits: Arc<Semaphore>,
 }
 
 impl Sender {
@@ -69,9 +75,11 @@ impl Sender {
         let from = Mailbox::from_str(from).map_err(|err| {
             anyhow::anyhow!("TANTO_MAIL_FROM is not a valid mail address ({err})")
         })?;
+        let pool = PoolConfig::new().max_size(u32::try_from(settings.connections)?);
         Ok(Self {
-            transport: builder.build(),
+            transport: builder.pool_config(pool).build(),
             from,
+            permits: Arc::new(Semaphore::new(settings.connections)),
         })
     }
 
@@ -86,6 +94,7 @@ impl Sender {
         mail: &RenderedMail,
     ) -> Result<(), SendError> {
         let message = build_message(&self.from, delivery, mail)?;
+        let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
         self.transport
             .send(message)
             .await
