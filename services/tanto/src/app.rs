@@ -30,12 +30,19 @@ where
         tracing::error!(error = %err, "cannot listen for shutdown signals");
         return ExitCode::FAILURE;
     }
-    match work(settings, shutdown).await {
-        Ok(()) => {
+    let deadline = settings.shutdown_deadline;
+    let work = work(settings, shutdown.clone());
+    tokio::pin!(work);
+    let finished = tokio::select! {
+        result = &mut work => Some(result),
+        () = overdue(&shutdown, deadline) => None,
+    };
+    match finished {
+        Some(Ok(())) => {
             tracing::info!(binary = name, "stopped");
             ExitCode::SUCCESS
         }
-        Err(err) => {
+        Some(Err(err)) => {
             tracing::error!(
                 binary = name,
                 error = format!("{err:#}"),
@@ -43,5 +50,21 @@ where
             );
             ExitCode::FAILURE
         }
+        None => {
+            tracing::error!(
+                binary = name,
+                ?deadline,
+                "did not stop within the shutdown deadline; unfinished work will be done again after restart"
+            );
+            ExitCode::FAILURE
+        }
     }
+}
+
+/// Resolves once shutdown was asked for and the deadline has passed since.
+/// The consume loop uses the same deadline for its final flush, so a little
+/// slack is left for the commit after it.
+async fn overdue(shutdown: &Shutdown, deadline: std::time::Duration) {
+    shutdown.wait().await;
+    tokio::time::sleep(deadline + std::time::Duration::from_secs(5)).await;
 }

@@ -42,6 +42,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "TANTO_LOG",
     "TANTO_LOG_FORMAT",
     "TANTO_SHUTDOWN_DEADLINE_SECS",
+    "TANTO_WATCHDOG_STALL_SECS",
     "TANTO_BIN_DIR",
 ];
 
@@ -56,6 +57,9 @@ pub struct Settings {
     /// How long a binary may take, after SIGTERM or SIGINT, to finish its
     /// in-flight work before it gives up and exits.
     pub shutdown_deadline: Duration,
+    /// A consumer that receives nothing for this long while its partitions
+    /// have messages waiting is replaced.
+    pub watchdog_stall: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -257,6 +261,7 @@ impl Settings {
                     == LogFormat::Json,
             },
             shutdown_deadline: vars.seconds("TANTO_SHUTDOWN_DEADLINE_SECS", 20)?,
+            watchdog_stall: vars.seconds("TANTO_WATCHDOG_STALL_SECS", 60)?,
         };
         settings.check()?;
         Ok(settings)
@@ -269,6 +274,9 @@ impl Settings {
         }
         if self.smtp.password.is_some() && self.smtp.tls == SmtpTls::None {
             bail!("TANTO_SMTP_PASSWORD is set but TANTO_SMTP_TLS is none: credentials need TLS");
+        }
+        if self.watchdog_stall < Duration::from_secs(1) {
+            bail!("TANTO_WATCHDOG_STALL_SECS must be at least 1");
         }
         if self.kafka.topic_partitions < 1 {
             bail!("TANTO_TOPIC_PARTITIONS must be at least 1");

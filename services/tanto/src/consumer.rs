@@ -12,15 +12,23 @@
 //! the loop pauses the assigned partitions and keeps polling, so the
 //! consumer keeps its group membership; messages that were already fetched
 //! are kept for the next batch, not lost.
+//!
+//! A consumer that silently stops fetching is a known failure of the client
+//! library. A watchdog compares progress with the lag librdkafka reports in
+//! its statistics: no message for `stall_after` while messages are waiting
+//! means the consumer is stuck, and it is replaced by a new one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
 use rdkafka::Message;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::statistics::Statistics;
 use tokio::time::Instant;
 
 use crate::shutdown::Shutdown;
@@ -55,6 +63,9 @@ pub struct Batching {
     /// A batch still running after this long pauses the partitions and
     /// polls, so that a long wait does not cost the group membership.
     pub keepalive_after: Duration,
+    /// No message for this long while the lag says messages are waiting
+    /// makes the watchdog replace the consumer.
+    pub stall_after: Duration,
 }
 
 impl Default for Batching {
@@ -63,62 +74,214 @@ impl Default for Batching {
             max_messages: 500,
             max_wait: Duration::from_millis(20),
             keepalive_after: Duration::from_secs(5),
+            stall_after: Duration::from_secs(60),
         }
     }
 }
 
-/// Consumes until shutdown, then flushes `producer` and commits.
+/// A consumer whose statistics feed a [`LagView`].
+pub type TantoConsumer = StreamConsumer<LagContext>;
+
+/// The consumer lag per partition, as librdkafka's last statistics said.
+#[derive(Debug, Clone, Default)]
+pub struct LagView(Arc<Mutex<HashMap<(String, i32), i64>>>);
+
+impl LagView {
+    /// Messages waiting in all assigned partitions.
+    pub fn total(&self) -> i64 {
+        self.0.lock().map(|lag| lag.values().sum()).unwrap_or(0)
+    }
+
+    /// (topic, partition, lag) of every assigned partition, sorted.
+    pub fn partitions(&self) -> Vec<(String, i32, i64)> {
+        let mut all: Vec<(String, i32, i64)> = match self.0.lock() {
+            Ok(lag) => lag
+                .iter()
+                .map(|((t, p), lag)| (t.clone(), *p, *lag))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        all.sort();
+        all
+    }
+
+    fn update(&self, statistics: &Statistics) {
+        let mut lags = HashMap::new();
+        for (topic, stats) in &statistics.topics {
+            for partition in stats
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.desired)
+            {
+                lags.insert(
+                    (topic.clone(), partition.partition),
+                    partition_lag(partition),
+                );
+            }
+        }
+        if let Ok(mut lag) = self.0.lock() {
+            *lag = lags;
+        }
+    }
+}
+
+/// Messages after the consumer's position: from the last message handed to
+/// the application, else the committed offset, else the start of the log
+/// (the group reads from the earliest offset).
+fn partition_lag(partition: &rdkafka::statistics::Partition) -> i64 {
+    let position = [partition.app_offset, partition.committed_offset]
+        .into_iter()
+        .find(|offset| *offset >= 0)
+        .unwrap_or(partition.lo_offset);
+    if partition.hi_offset < 0 || position < 0 {
+        return 0;
+    }
+    (partition.hi_offset - position).max(0)
+}
+
+/// The consumer context: it keeps the [`LagView`] up to date.
+#[derive(Debug, Clone, Default)]
+pub struct LagContext {
+    pub lag: LagView,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        self.lag.update(&statistics);
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
+/// How one consumer's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Shutdown,
+    /// The watchdog saw no progress while messages were waiting.
+    Stalled,
+}
+
+/// Consumes with consumers made by `connect` until shutdown, replacing a
+/// consumer the watchdog finds stuck; then flushes `producer` and commits.
+/// Returns how many times the watchdog replaced a consumer.
 pub async fn consume<H: Handler>(
-    consumer: &StreamConsumer,
+    connect: impl Fn() -> anyhow::Result<TantoConsumer>,
     producer: &FutureProducer,
     handler: &H,
     shutdown: &Shutdown,
     batching: Batching,
     deadline: Duration,
-) -> anyhow::Result<()> {
-    let result = consume_until_shutdown(consumer, handler, shutdown, batching).await;
-    close(consumer, producer, deadline);
+) -> anyhow::Result<u32> {
+    let mut restarts = 0;
+    let result = loop {
+        let consumer = match connect() {
+            Ok(consumer) => consumer,
+            Err(err) => break Err(err),
+        };
+        let ended = consume_until_stopped(&consumer, handler, shutdown, batching).await;
+        close(&consumer);
+        match ended {
+            Ok(Ended::Stalled) => {
+                restarts += 1;
+                let lag = consumer.context().lag.total();
+                tracing::error!(lag, restarts, stalled_for = ?batching.stall_after, "consumer made no progress while messages were waiting; replacing it");
+            }
+            Ok(Ended::Shutdown) => break Ok(restarts),
+            Err(err) => break Err(err),
+        }
+    };
+    if let Err(err) = producer.flush(deadline) {
+        tracing::error!(error = %err, "producer flush failed at shutdown; the messages of unfinished work will be produced again after restart");
+    }
     result
 }
 
-async fn consume_until_shutdown<H: Handler>(
-    consumer: &StreamConsumer,
+async fn consume_until_stopped<H: Handler>(
+    consumer: &TantoConsumer,
     handler: &H,
     shutdown: &Shutdown,
     batching: Batching,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Ended> {
     let mut pending = Vec::new();
+    let mut watchdog = Watchdog::new(batching.stall_after);
     loop {
-        let Some(batch) = next_batch(consumer, &mut pending, shutdown, batching).await else {
-            return Ok(());
-        };
+        let batch =
+            match next_batch(consumer, &mut pending, shutdown, batching, &mut watchdog).await {
+                Ok(batch) => batch,
+                Err(ended) => return Ok(ended),
+            };
         let outcomes =
             handle_keeping_alive(consumer, handler, &batch, &mut pending, shutdown, batching);
         let outcomes = outcomes.await?;
         store_finished(consumer, &batch, &outcomes);
         if outcomes.contains(&Handled::Interrupted) {
-            return Ok(());
+            return Ok(Ended::Shutdown);
         }
     }
 }
 
+/// Notices a consumer that stopped fetching: no message for `stall_after`
+/// while the lag says messages are waiting. Idle time without lag is not a
+/// stall.
+#[derive(Debug)]
+pub struct Watchdog {
+    stall_after: Duration,
+    last_progress: Instant,
+}
+
+impl Watchdog {
+    pub fn new(stall_after: Duration) -> Self {
+        Self {
+            stall_after,
+            last_progress: Instant::now(),
+        }
+    }
+
+    pub fn progress(&mut self) {
+        self.last_progress = Instant::now();
+    }
+
+    /// Whether the consumer is stuck, given the messages waiting now.
+    pub fn stalled(&mut self, lag: i64) -> bool {
+        if lag <= 0 {
+            self.progress();
+            return false;
+        }
+        self.last_progress.elapsed() >= self.stall_after
+    }
+}
+
 /// Takes the next batch: messages kept from the last pause first, then
-/// whatever arrives within `max_wait` of the first. `None` on shutdown.
+/// whatever arrives within `max_wait` of the first. While it waits for the
+/// first message, it asks the watchdog; it ends on shutdown or a stall.
 async fn next_batch(
-    consumer: &StreamConsumer,
+    consumer: &TantoConsumer,
     pending: &mut Vec<OwnedMessage>,
     shutdown: &Shutdown,
     batching: Batching,
-) -> Option<Vec<OwnedMessage>> {
+    watchdog: &mut Watchdog,
+) -> Result<Vec<OwnedMessage>, Ended> {
     let take = pending.len().min(batching.max_messages);
     let mut batch: Vec<OwnedMessage> = pending.drain(..take).collect();
-    if batch.is_empty() {
+    let mut check = tokio::time::interval(
+        batching
+            .stall_after
+            .div_f32(4.0)
+            .max(Duration::from_millis(100)),
+    );
+    while batch.is_empty() {
         tokio::select! {
             biased;
-            _ = shutdown.wait() => return None,
+            _ = shutdown.wait() => return Err(Ended::Shutdown),
             message = receive(consumer) => batch.push(message),
+            _ = check.tick() => {
+                if watchdog.stalled(consumer.context().lag.total()) {
+                    return Err(Ended::Stalled);
+                }
+            }
         }
     }
+    watchdog.progress();
     let deadline = Instant::now() + batching.max_wait;
     while batch.len() < batching.max_messages {
         tokio::select! {
@@ -128,12 +291,12 @@ async fn next_batch(
             message = receive(consumer) => batch.push(message),
         }
     }
-    Some(batch)
+    Ok(batch)
 }
 
 /// The next message; consumer errors are reports (librdkafka reconnects by
 /// itself), so they are logged and skipped.
-async fn receive(consumer: &StreamConsumer) -> OwnedMessage {
+async fn receive(consumer: &TantoConsumer) -> OwnedMessage {
     loop {
         match consumer.recv().await {
             Ok(message) => return message.detach(),
@@ -145,7 +308,7 @@ async fn receive(consumer: &StreamConsumer) -> OwnedMessage {
 /// Handles a batch; if it takes longer than `keepalive_after`, pauses the
 /// assignment and polls until it is done, keeping what arrives meanwhile.
 async fn handle_keeping_alive<H: Handler>(
-    consumer: &StreamConsumer,
+    consumer: &TantoConsumer,
     handler: &H,
     batch: &[OwnedMessage],
     pending: &mut Vec<OwnedMessage>,
@@ -176,7 +339,7 @@ async fn handle_keeping_alive<H: Handler>(
 }
 
 /// Pauses or resumes the whole assignment; returns whether it is paused.
-fn set_paused(consumer: &StreamConsumer, pause: bool) -> bool {
+fn set_paused(consumer: &TantoConsumer, pause: bool) -> bool {
     let result = consumer.assignment().and_then(|assignment| {
         if pause {
             consumer.pause(&assignment)
@@ -228,7 +391,7 @@ async fn handle_batch<H: Handler>(
 
 /// Stores, per partition, the offset of the last message of the contiguous
 /// prefix of finished messages.
-fn store_finished(consumer: &StreamConsumer, batch: &[OwnedMessage], outcomes: &[Handled]) {
+fn store_finished(consumer: &TantoConsumer, batch: &[OwnedMessage], outcomes: &[Handled]) {
     let mut partitions: BTreeMap<(&str, i32), Vec<(i64, Handled)>> = BTreeMap::new();
     for (message, outcome) in batch.iter().zip(outcomes) {
         let partition = partitions
@@ -253,13 +416,10 @@ fn store_finished(consumer: &StreamConsumer, batch: &[OwnedMessage], outcomes: &
     }
 }
 
-/// Flushes what the producer still holds (dropping it would purge it), then
-/// commits the stored offsets so the next owner of the partitions starts
-/// after the last finished message.
-fn close(consumer: &StreamConsumer, producer: &FutureProducer, deadline: Duration) {
-    if let Err(err) = producer.flush(deadline) {
-        tracing::error!(error = %err, "producer flush failed at shutdown; the messages of unfinished work will be produced again after restart");
-    }
+/// Commits the stored offsets so the next owner of the partitions starts
+/// after the last finished message; dropping the consumer then leaves the
+/// group.
+fn close(consumer: &TantoConsumer) {
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => {}
         // Nothing stored since the last commit.

@@ -7,24 +7,37 @@ use anyhow::Context;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 
-/// A consumer for at-least-once work: offsets are stored by the code only
-/// once the work for a message is durable, and committed in the background
-/// (and once more at shutdown).
-pub fn consumer(brokers: &str, group: &str) -> anyhow::Result<StreamConsumer> {
-    ClientConfig::new()
+use crate::consumer::{LagContext, TantoConsumer};
+
+/// A consumer for at-least-once work, subscribed to `topics`: offsets are
+/// stored by the code only once the work for a message is durable, and
+/// committed in the background (and once more at shutdown). Statistics
+/// every second feed the consumer lag into `context`.
+pub fn consumer(
+    brokers: &str,
+    group: &str,
+    topics: &[&str],
+    context: LagContext,
+) -> anyhow::Result<TantoConsumer> {
+    let consumer: TantoConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        .create()
-        .context("Failed to create the Kafka consumer")
+        .set("statistics.interval.ms", "1000")
+        .create_with_context(context)
+        .context("Failed to create the Kafka consumer")?;
+    consumer
+        .subscribe(topics)
+        .with_context(|| format!("Failed to subscribe to {topics:?}"))?;
+    Ok(consumer)
 }
 
 /// An idempotent producer: a broker-side retry never writes a message twice,

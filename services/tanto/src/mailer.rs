@@ -20,7 +20,6 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 use rdkafka::Message;
-use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -48,10 +47,6 @@ pub async fn run(settings: &Settings, shutdown: Shutdown) -> anyhow::Result<()> 
     let catalog = Catalog::load(&settings.mail.catalog)?;
     let renderer = Renderer::load(&settings.mail.templates, catalog)?;
     let pool = crate::db::pool(&settings.database)?;
-    let consumer = kafka::consumer(&settings.kafka.brokers, group)?;
-    consumer
-        .subscribe(&[&topics.deliveries])
-        .with_context(|| format!("Failed to subscribe to {}", topics.deliveries))?;
     let mailer = Mailer {
         renderer,
         ledger: Ledger::new(pool),
@@ -59,17 +54,28 @@ pub async fn run(settings: &Settings, shutdown: Shutdown) -> anyhow::Result<()> 
         producer: kafka::producer(&settings.kafka.brokers)?,
         dead_letter_topic: topics.deliveries_dlq.clone(),
     };
-    tracing::info!(topic = %topics.deliveries, group, "mailer ready");
+    let connect = || {
+        let source = [topics.deliveries.as_str()];
+        let consumer =
+            kafka::consumer(&settings.kafka.brokers, group, &source, Default::default())?;
+        tracing::info!(topic = %topics.deliveries, group, "mailer ready");
+        Ok(consumer)
+    };
+    let batching = Batching {
+        stall_after: settings.watchdog_stall,
+        ..Batching::default()
+    };
     let deadline = settings.shutdown_deadline;
     consumer::consume(
-        &consumer,
+        connect,
         &mailer.producer,
         &mailer,
         &shutdown,
-        Batching::default(),
+        batching,
         deadline,
     )
-    .await
+    .await?;
+    Ok(())
 }
 
 struct Mailer {

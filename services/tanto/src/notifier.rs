@@ -20,7 +20,6 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use futures::future::try_join_all;
 use rdkafka::Message;
-use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -51,10 +50,6 @@ pub async fn run(settings: &Settings, family: Family, shutdown: Shutdown) -> any
         .unwrap_or_else(|| default_group(family));
     let catalog = Catalog::load(&settings.mail.catalog)?;
     let pool = crate::db::pool(&settings.database)?;
-    let consumer = kafka::consumer(&settings.kafka.brokers, &group)?;
-    consumer
-        .subscribe(&[source])
-        .with_context(|| format!("Failed to subscribe to {source}"))?;
     let notifier = Notifier {
         family,
         router: Router::new(pool, catalog),
@@ -62,17 +57,31 @@ pub async fn run(settings: &Settings, family: Family, shutdown: Shutdown) -> any
         deliveries_topic: topics.deliveries.clone(),
         dead_letter_topic: topics.events_dlq.clone(),
     };
-    tracing::info!(topic = %source, group = %group, "notifier ready");
+    let connect = || {
+        let consumer = kafka::consumer(
+            &settings.kafka.brokers,
+            &group,
+            &[source],
+            Default::default(),
+        )?;
+        tracing::info!(topic = %source, group = %group, "notifier ready");
+        Ok(consumer)
+    };
+    let batching = Batching {
+        stall_after: settings.watchdog_stall,
+        ..Batching::default()
+    };
     let deadline = settings.shutdown_deadline;
     consumer::consume(
-        &consumer,
+        connect,
         &notifier.producer,
         &notifier,
         &shutdown,
-        Batching::default(),
+        batching,
         deadline,
     )
-    .await
+    .await?;
+    Ok(())
 }
 
 /// The consumer group of a family's notifier unless configured otherwise.

@@ -94,7 +94,11 @@ impl Sender {
         mail: &RenderedMail,
     ) -> Result<(), SendError> {
         let message = build_message(&self.from, delivery, mail)?;
-        let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         self.transport
             .send(message)
             .await
