@@ -14,6 +14,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
 use tanto::config::{Settings, Topics};
@@ -183,6 +185,41 @@ impl Drop for TestEnv {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if std::thread::panicking() {
+            eprintln!(
+                "kept for inspection: database tanto_{id}, topics {id}.*",
+                id = self.id
+            );
+        } else {
+            self.remove_topics_and_database();
+        }
+    }
+}
+
+impl TestEnv {
+    /// Deletes what the test created, so that runs do not pile up topics.
+    /// Drop cannot await, so this runs on a runtime of its own.
+    fn remove_topics_and_database(&self) {
+        let topics: Vec<String> = self.topics.all().iter().map(|t| t.to_string()).collect();
+        let database = format!("tanto_{}", self.id);
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            runtime.unwrap().block_on(async {
+                let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+                    .set("bootstrap.servers", BROKERS)
+                    .create()
+                    .unwrap();
+                let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+                let _ = admin.delete_topics(&names, &AdminOptions::new()).await;
+                let db = connect(ADMIN_DATABASE_URL).await;
+                let _ = db
+                    .batch_execute(&format!("DROP DATABASE {database} WITH (FORCE)"))
+                    .await;
+            });
+        });
+        let _ = cleanup.join();
     }
 }
 
