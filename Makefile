@@ -18,7 +18,7 @@ help:
 	@echo "make down    stop the daemons and the stack"
 	@echo "make status  one line per service"
 	@echo "make logs    follow the daemons' logs"
-	@echo "make test    start the stack (not the daemons) and run every test"
+	@echo "make test    start the stack (not the daemons), lint, and run every test"
 	@echo "make lint    rustfmt and clippy"
 	@echo "make build   build the binaries into $(BIN_DIR)"
 
@@ -53,6 +53,7 @@ test:
 	deploy/local/install.sh
 	deploy/local/stack.sh up
 	cargo build --workspace --bins --tests
+	$(MAKE) --no-print-directory lint
 	cargo test --workspace
 
 lint:
