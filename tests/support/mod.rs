@@ -111,16 +111,64 @@ impl TestEnv {
     /// Starts a long-running binary and waits until it logs that it is ready.
     pub fn start(&mut self, binary: &str) {
         let log_path = log_dir().join(format!("{}-{binary}.log", self.id));
-        let log = std::fs::File::create(&log_path).unwrap();
+        // Appended, so that a restarted binary's log follows the first one's.
+        let ready_before = std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .matches("ready")
+            .count();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
         let child = self
             .command(binary)
-            .env("TANTO_CONSUMER_GROUP", format!("{}-{binary}", self.id))
+            .env("TANTO_CONSUMER_GROUP", self.group(binary))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap_or_else(|err| panic!("cannot start {binary}: {err} (run `make build`)"));
         self.children.push((binary.to_string(), child));
-        wait_for_ready(binary, &log_path);
+        wait_for_ready(binary, &log_path, ready_before);
+    }
+
+    /// Sends `signal` (e.g. "KILL", "TERM") to a running binary and waits
+    /// for it to exit; returns whether it exited successfully.
+    pub fn signal(&mut self, binary: &str, signal: &str) -> bool {
+        let index = self
+            .children
+            .iter()
+            .position(|(name, _)| name == binary)
+            .unwrap();
+        let (_, mut child) = self.children.remove(index);
+        let pid = child.id().to_string();
+        Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid)
+            .status()
+            .unwrap();
+        child.wait().unwrap().success()
+    }
+
+    /// Whether a started binary is still running.
+    pub fn is_running(&mut self, binary: &str) -> bool {
+        let (_, child) = self
+            .children
+            .iter_mut()
+            .find(|(name, _)| name == binary)
+            .unwrap();
+        child.try_wait().unwrap().is_none()
+    }
+
+    /// The log of a binary of this test.
+    pub fn log(&self, binary: &str) -> String {
+        std::fs::read_to_string(log_dir().join(format!("{}-{binary}.log", self.id)))
+            .unwrap_or_default()
+    }
+
+    /// The consumer group this test's `binary` runs in.
+    pub fn group(&self, binary: &str) -> String {
+        format!("{}-{binary}", self.id)
     }
 
     /// Runs the `tanto` CLI with this test's settings.
@@ -341,11 +389,11 @@ async fn create_database(id: &str) -> String {
     format!("{ADMIN_DATABASE_URL}_{id}")
 }
 
-fn wait_for_ready(binary: &str, log_path: &Path) {
+fn wait_for_ready(binary: &str, log_path: &Path, ready_before: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let log = std::fs::read_to_string(log_path).unwrap_or_default();
-        if log.contains("ready") {
+        if log.matches("ready").count() > ready_before {
             return;
         }
         assert!(
@@ -465,4 +513,144 @@ pub async fn ledger(env: &TestEnv) -> Vec<(String, String, Vec<String>)> {
     rows.iter()
         .map(|row| (row.get(0), row.get(1), row.get(2)))
         .collect()
+}
+
+/// Publishes many events at once, each keyed by its transaction id.
+pub async fn publish_all(topic: &str, events: &[serde_json::Value]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let payloads: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["transaction"]["id"].as_str().unwrap().to_string(),
+                e.to_string(),
+            )
+        })
+        .collect();
+    let sends = payloads.iter().map(|(key, payload)| {
+        producer.send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(30),
+        )
+    });
+    for result in futures::future::join_all(sends).await {
+        result.map_err(|(err, _)| err).unwrap();
+    }
+}
+
+/// Every message a topic holds now, from the beginning of each partition.
+pub fn read_topic(topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = 0;
+    for partition in metadata.topics()[0].partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+            .unwrap();
+        remaining += high - low;
+        assignment
+            .add_partition_offset(topic, partition.id(), Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut messages = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while remaining > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{remaining} messages of {topic} not read"
+        );
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            messages.push(message.unwrap().detach());
+            remaining -= 1;
+        }
+    }
+    messages.sort_by_key(|m| (m.partition(), m.offset()));
+    messages
+}
+
+/// The delivery messages on a topic, parsed.
+pub fn deliveries_on(topic: &str) -> Vec<tanto::delivery::DeliveryMessage> {
+    use rdkafka::Message;
+    read_topic(topic)
+        .iter()
+        .map(|m| tanto::delivery::DeliveryMessage::from_json(m.payload().unwrap()).unwrap())
+        .collect()
+}
+
+/// The offsets `group` committed on `topic`, summed over partitions, and
+/// the sum of the partitions' end offsets.
+pub fn committed_and_end(group: &str, topic: &str) -> (i64, i64) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut partitions = TopicPartitionList::new();
+    let mut end = 0;
+    for partition in metadata.topics()[0].partitions() {
+        partitions.add_partition(topic, partition.id());
+        end += consumer
+            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+            .unwrap()
+            .1;
+    }
+    let committed = consumer
+        .committed_offsets(partitions, Duration::from_secs(10))
+        .unwrap();
+    let sum = committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(offset) => offset,
+            _ => 0,
+        })
+        .sum();
+    (sum, end)
+}
+
+/// Waits until `check` holds, polling; fails the test after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// How many events this test's notifier has routed.
+pub async fn routed_count(env: &TestEnv) -> i64 {
+    let row = env
+        .db()
+        .await
+        .query_one("SELECT count(*) FROM routed_events", &[])
+        .await
+        .unwrap();
+    row.get(0)
 }
