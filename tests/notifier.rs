@@ -16,8 +16,8 @@ use rdkafka::Message;
 use tanto::delivery::delivery_id;
 use tanto::kafka::header_text;
 use tanto_e2e::{
-    TestEnv, committed_and_end, deliveries_on, event, eventually, publish_all, publish_raw,
-    read_topic, routed_count, standard_routing,
+    TestEnv, committed_and_end, deliveries_at, deliveries_on, event, eventually, publish_all,
+    publish_all_at, publish_raw, read_topic, routed_count, standard_routing,
 };
 use uuid::Uuid;
 
@@ -204,4 +204,51 @@ async fn a_notifier_killed_mid_stream_loses_nothing_after_restart() {
         "every delivery, no other"
     );
     assert_eq!(ids.len(), 6000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_errors_injected_in_a_mock_cluster_are_retried_and_lose_nothing() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let env = TestEnv::new().await;
+    env.apply(&standard_routing(&env));
+    let mock = MockCluster::new(1).unwrap();
+    for topic in env.topics.all() {
+        mock.create_topic(topic, 2, 1).unwrap();
+    }
+    let events = orders(&env, 20);
+    publish_all_at(&mock.bootstrap_servers(), &env.topics.orders, &events).await;
+    let mut vars = env.vars();
+    vars.retain(|(key, _)| key != "TANTO_KAFKA_BROKERS");
+    vars.push(("TANTO_KAFKA_BROKERS".into(), mock.bootstrap_servers()));
+    let settings = tanto::config::Settings::from_vars(vars).unwrap();
+
+    // The first produce and fetch requests fail with errors a real cluster
+    // gives during a leader election.
+    let produce_errors = [RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 6];
+    mock.request_errors(RDKafkaApiKey::Produce, &produce_errors);
+    let fetch_errors = [RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 4];
+    mock.request_errors(RDKafkaApiKey::Fetch, &fetch_errors);
+    let shutdown = tanto::shutdown::Shutdown::new();
+    let notifying = tanto::notifier::run(&settings, tanto::event::Family::Order, shutdown.clone());
+    let watching = async {
+        eventually("every event routed", Duration::from_secs(60), || async {
+            routed_count(&env).await == 20
+        })
+        .await;
+        shutdown.trigger();
+    };
+    let (notified, ()) = tokio::join!(notifying, watching);
+
+    notified.unwrap();
+    let expected: BTreeSet<Uuid> = events.iter().flat_map(|e| expected_ids(&env, e)).collect();
+    let delivered = deliveries_at(&mock.bootstrap_servers(), &env.topics.deliveries);
+    let ids: BTreeSet<Uuid> = delivered.iter().map(|d| d.delivery_id).collect();
+    assert_eq!(ids, expected);
+    assert_eq!(
+        delivered.len(),
+        expected.len(),
+        "the idempotent producer wrote nothing twice"
+    );
 }

@@ -517,8 +517,13 @@ pub async fn ledger(env: &TestEnv) -> Vec<(String, String, Vec<String>)> {
 
 /// Publishes many events at once, each keyed by its transaction id.
 pub async fn publish_all(topic: &str, events: &[serde_json::Value]) {
+    publish_all_at(BROKERS, topic, events).await;
+}
+
+/// [`publish_all`] on the cluster at `brokers`.
+pub async fn publish_all_at(brokers: &str, topic: &str, events: &[serde_json::Value]) {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", BROKERS)
+        .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
         .create()
         .unwrap();
@@ -544,10 +549,15 @@ pub async fn publish_all(topic: &str, events: &[serde_json::Value]) {
 
 /// Every message a topic holds now, from the beginning of each partition.
 pub fn read_topic(topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    read_topic_at(BROKERS, topic)
+}
+
+/// [`read_topic`] on the cluster at `brokers`.
+pub fn read_topic_at(brokers: &str, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{Message, Offset, TopicPartitionList};
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", BROKERS)
+        .set("bootstrap.servers", brokers)
         .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .create()
@@ -585,8 +595,13 @@ pub fn read_topic(topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
 
 /// The delivery messages on a topic, parsed.
 pub fn deliveries_on(topic: &str) -> Vec<tanto::delivery::DeliveryMessage> {
+    deliveries_at(BROKERS, topic)
+}
+
+/// [`deliveries_on`] on the cluster at `brokers`.
+pub fn deliveries_at(brokers: &str, topic: &str) -> Vec<tanto::delivery::DeliveryMessage> {
     use rdkafka::Message;
-    read_topic(topic)
+    read_topic_at(brokers, topic)
         .iter()
         .map(|m| tanto::delivery::DeliveryMessage::from_json(m.payload().unwrap()).unwrap())
         .collect()

@@ -324,11 +324,15 @@ async fn handle_keeping_alive<H: Handler>(
         tokio::select! {
             outcomes = &mut work => {
                 if paused {
+                    tracing::info!("batch done; partitions resumed");
                     set_paused(consumer, false);
                 }
                 return outcomes;
             }
-            _ = &mut keepalive, if !paused => paused = set_paused(consumer, true),
+            _ = &mut keepalive, if !paused => {
+                tracing::info!(waited = ?batching.keepalive_after, "batch waits on a dependency; partitions paused, polling on");
+                paused = set_paused(consumer, true);
+            }
             message = receive(consumer), if paused => {
                 pending.push(message);
                 // A rebalance may have assigned partitions that are not paused.

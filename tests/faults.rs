@@ -1,0 +1,145 @@
+//! The notifier under a failing dependency: Postgres stopped for a while,
+//! and the Kafka broker restarted, each in the middle of a stream of 1,000
+//! events. These tests stop the shared local servers, so they take a lock
+//! and run one at a time; cargo runs test binaries one after another, so no
+//! other test binary runs meanwhile.
+
+// A test fails loudly on anything unexpected; unwrap is how it says so.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use tanto::delivery::delivery_id;
+use tanto_e2e::{
+    TestEnv, deliveries_on, event, eventually, publish_all, read_topic, repo_root, routed_count,
+    standard_routing,
+};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+static SERVERS: Mutex<()> = Mutex::const_new(());
+
+fn orders(env: &TestEnv) -> Vec<serde_json::Value> {
+    (0..1000)
+        .map(|i| {
+            let mut order = event(&env.id, "order.applied", &["P-100"]);
+            order["transaction"]["id"] = format!("O-{i}").into();
+            order
+        })
+        .collect()
+}
+
+fn expected_ids(env: &TestEnv, events: &[serde_json::Value]) -> BTreeSet<Uuid> {
+    let d = env.domain();
+    let to = [
+        "admin@c1.",
+        "buyer@c1.",
+        "ops@",
+        "tanaka@",
+        "suzuki@",
+        "east-sales-ml@",
+    ];
+    let mut ids = BTreeSet::new();
+    for event in events {
+        let event_id = event["event_id"].as_str().unwrap();
+        for (i, local) in to.iter().enumerate() {
+            let number = if i < 2 { "5-1-1" } else { "5-1-2" };
+            ids.insert(delivery_id(
+                &env.id,
+                event_id,
+                number,
+                &format!("{local}{d}"),
+            ));
+        }
+    }
+    ids
+}
+
+fn run(program: &str, args: &[&str]) {
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(repo_root())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{program} {args:?} failed");
+}
+
+/// Starts a notifier on 1,000 published events and waits until some are
+/// routed, so that the fault lands in the middle of the stream.
+async fn mid_stream() -> (TestEnv, Vec<serde_json::Value>) {
+    let mut env = TestEnv::new().await;
+    env.apply(&standard_routing(&env));
+    let events = orders(&env);
+    publish_all(&env.topics.orders, &events).await;
+    env.start("order-notifier");
+    eventually("some events routed", Duration::from_secs(60), || async {
+        routed_count(&env).await >= 50
+    })
+    .await;
+    (env, events)
+}
+
+/// Every event routed, exactly the expected deliveries on the topic, and
+/// nothing set aside.
+async fn assert_complete(env: &TestEnv, events: &[serde_json::Value]) {
+    eventually("every event routed", Duration::from_secs(180), || async {
+        routed_count(env).await == 1000
+    })
+    .await;
+    let ids: BTreeSet<Uuid> = deliveries_on(&env.topics.deliveries)
+        .iter()
+        .map(|d| d.delivery_id)
+        .collect();
+    assert_eq!(ids, expected_ids(env, events), "every delivery, no other");
+    assert!(
+        read_topic(&env.topics.events_dlq).is_empty(),
+        "a dependency's fault is not the event's"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_stopped_mid_stream_pauses_the_notifier_until_it_answers_again() {
+    let _servers = SERVERS.lock().await;
+    let (mut env, events) = mid_stream().await;
+
+    run("pg_ctlcluster", &["15", "main", "stop", "-m", "fast"]);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let routing_stopped = env.log("order-notifier").contains("will retry");
+    run("pg_ctlcluster", &["15", "main", "start"]);
+
+    assert!(
+        routing_stopped,
+        "the notifier saw the database gone and waited"
+    );
+    assert_complete(&env, &events).await;
+    assert!(
+        env.is_running("order-notifier"),
+        "the notifier never gave up"
+    );
+    assert!(
+        env.log("order-notifier").contains("partitions paused"),
+        "it kept polling, paused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_restarted_mid_stream_loses_nothing() {
+    let _servers = SERVERS.lock().await;
+    let (mut env, events) = mid_stream().await;
+
+    let pid = std::fs::read_to_string(repo_root().join(".local/run/kafka.pid")).unwrap();
+    run("kill", &["-TERM", pid.trim()]);
+    eventually("the broker stopped", Duration::from_secs(60), || async {
+        !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists()
+    })
+    .await;
+    run("bash", &["deploy/local/stack.sh", "up"]);
+
+    assert_complete(&env, &events).await;
+    assert!(
+        env.is_running("order-notifier"),
+        "the notifier reconnected by itself"
+    );
+}
