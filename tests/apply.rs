@@ -225,7 +225,7 @@ async fn an_unreachable_database_is_one_sentence_without_the_password() {
     let path = std::env::temp_dir().join(format!("{}.yaml", env.id));
     std::fs::write(&path, standard_routing(&env)).unwrap();
 
-    let output = std::process::Command::new(tanto_e2e::repo_root().join("target/debug/tanto"))
+    let output = std::process::Command::new(tanto_e2e::bin_dir().join("tanto"))
         .args(["apply", "-f", path.to_str().unwrap()])
         .env(
             "TANTO_DATABASE_URL",

@@ -411,11 +411,25 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn bin_dir() -> PathBuf {
-    match std::env::var("TANTO_BIN_DIR") {
-        Ok(dir) => repo_root().join(dir),
-        Err(_) => repo_root().join("target/debug"),
+/// Where the binaries are. Unless `TANTO_BIN_DIR` names a prebuilt set,
+/// they are built once per test binary first: `cargo test` builds the
+/// library the tests link, not the binaries they start, and a stale binary
+/// would test old code.
+pub fn bin_dir() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    if let Ok(dir) = std::env::var("TANTO_BIN_DIR") {
+        return repo_root().join(dir);
     }
+    BUILT.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "tanto", "--bins"])
+            .current_dir(repo_root())
+            .status()
+            .unwrap();
+        assert!(status.success(), "the binaries do not build");
+    });
+    repo_root().join("target/debug")
 }
 
 fn log_dir() -> PathBuf {
