@@ -396,28 +396,41 @@ async fn handle_batch<H: Handler>(
 /// Stores, per partition, the offset of the last message of the contiguous
 /// prefix of finished messages.
 fn store_finished(consumer: &TantoConsumer, batch: &[OwnedMessage], outcomes: &[Handled]) {
-    let mut partitions: BTreeMap<(&str, i32), Vec<(i64, Handled)>> = BTreeMap::new();
-    for (message, outcome) in batch.iter().zip(outcomes) {
-        let partition = partitions
-            .entry((message.topic(), message.partition()))
-            .or_default();
-        partition.push((message.offset(), *outcome));
+    let positions = batch.iter().map(|m| (m.topic(), m.partition(), m.offset()));
+    for (topic, partition, offset) in finished_prefixes(positions.zip(outcomes.iter().copied())) {
+        // librdkafka stores offset + 1: the next message to read.
+        if let Err(err) = consumer.store_offset(topic, partition, offset) {
+            // The partition was revoked meanwhile; its new owner reads
+            // these messages again and the deliveries are deduplicated.
+            tracing::warn!(topic, partition, error = %err, "cannot store offset");
+        }
     }
+}
+
+/// For each partition, the offset of the last message before the first one
+/// not done: everything up to it may be committed, nothing after it.
+fn finished_prefixes<'a>(
+    outcomes: impl Iterator<Item = ((&'a str, i32, i64), Handled)>,
+) -> Vec<(&'a str, i32, i64)> {
+    let mut partitions: BTreeMap<(&str, i32), Vec<(i64, Handled)>> = BTreeMap::new();
+    for ((topic, partition, offset), outcome) in outcomes {
+        partitions
+            .entry((topic, partition))
+            .or_default()
+            .push((offset, outcome));
+    }
+    let mut finished = Vec::new();
     for ((topic, partition), mut offsets) in partitions {
         offsets.sort_unstable_by_key(|(offset, _)| *offset);
-        let finished = offsets
+        let done = offsets
             .iter()
             .take_while(|(_, outcome)| *outcome == Handled::Done)
             .last();
-        if let Some((offset, _)) = finished {
-            // librdkafka stores offset + 1: the next message to read.
-            if let Err(err) = consumer.store_offset(topic, partition, *offset) {
-                // The partition was revoked meanwhile; its new owner reads
-                // these messages again and the deliveries are deduplicated.
-                tracing::warn!(topic, partition, error = %err, "cannot store offset");
-            }
+        if let Some((offset, _)) = done {
+            finished.push((topic, partition, *offset));
         }
     }
+    finished
 }
 
 /// Commits the stored offsets so the next owner of the partitions starts
@@ -473,5 +486,41 @@ pub async fn backoff(attempt: u32, shutdown: &Shutdown) -> bool {
     tokio::select! {
         _ = shutdown.wait() => false,
         _ = tokio::time::sleep(delay) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Handled::{Done, Interrupted};
+
+    #[test]
+    fn offsets_move_only_over_the_contiguous_prefix_of_finished_messages() {
+        let outcomes = [
+            (("t", 0, 12), Done),
+            (("t", 0, 10), Done),
+            (("t", 0, 11), Interrupted),
+            (("t", 1, 5), Done),
+            (("t", 1, 6), Done),
+            (("t", 2, 7), Interrupted),
+            (("u", 0, 3), Done),
+        ];
+        assert_eq!(
+            finished_prefixes(outcomes.into_iter()),
+            [("t", 0, 10), ("t", 1, 6), ("u", 0, 3)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_fires_only_on_lag_without_progress() {
+        let mut watchdog = Watchdog::new(Duration::from_secs(60));
+        tokio::time::advance(Duration::from_secs(120)).await;
+        assert!(!watchdog.stalled(0), "idle without lag is not a stall");
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(!watchdog.stalled(5));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(watchdog.stalled(5));
+        watchdog.progress();
+        assert!(!watchdog.stalled(5));
     }
 }
