@@ -143,3 +143,27 @@ async fn a_broker_restarted_mid_stream_loses_nothing() {
         "the notifier reconnected by itself"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_turns_false_while_the_database_is_stopped_and_true_after() {
+    let _servers = SERVERS.lock().await;
+    let mut env = TestEnv::new().await;
+    env.start("order-notifier");
+    assert_eq!(env.http_get("order-notifier", "/readyz").await.0, 200);
+
+    run("pg_ctlcluster", &["15", "main", "stop", "-m", "fast"]);
+    let (status, body) = env.http_get("order-notifier", "/readyz").await;
+    run("pg_ctlcluster", &["15", "main", "start"]);
+
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("database"), "{body}");
+    assert!(
+        !body.contains("tanto:tanto@"),
+        "no credentials in the answer: {body}"
+    );
+    eventually("ready again", Duration::from_secs(30), || async {
+        env.http_get("order-notifier", "/readyz").await.0 == 200
+    })
+    .await;
+    assert_eq!(env.http_get("order-notifier", "/healthz").await.0, 200);
+}

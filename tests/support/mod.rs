@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -35,6 +35,7 @@ pub struct TestEnv {
     pub database_url: String,
     pub topics: Topics,
     children: Vec<(String, Child)>,
+    http_ports: BTreeMap<String, u16>,
 }
 
 impl TestEnv {
@@ -55,6 +56,7 @@ impl TestEnv {
             database_url,
             topics,
             children: Vec::new(),
+            http_ports: BTreeMap::new(),
         };
         let settings = env.settings();
         let pool = tanto::db::pool(&settings.database).unwrap();
@@ -121,9 +123,12 @@ impl TestEnv {
             .append(true)
             .open(&log_path)
             .unwrap();
+        let port = free_port();
+        self.http_ports.insert(binary.to_string(), port);
         let child = self
             .command(binary)
             .env("TANTO_CONSUMER_GROUP", self.group(binary))
+            .env("TANTO_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -158,6 +163,22 @@ impl TestEnv {
             .find(|(name, _)| name == binary)
             .unwrap();
         child.try_wait().unwrap().is_none()
+    }
+
+    /// GETs `path` from a running binary's HTTP endpoints: (status, body).
+    pub async fn http_get(&self, binary: &str, path: &str) -> (u16, String) {
+        let port = self.http_ports[binary];
+        let response = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// The value of one sample in a binary's `/metrics`, e.g.
+    /// `tanto_mails_sent_total{mail="5-1-1"}`; 0 when it is absent.
+    pub async fn metric(&self, binary: &str, sample: &str) -> f64 {
+        let (_, text) = self.http_get(binary, "/metrics").await;
+        metric_value(&text, sample)
     }
 
     /// The log of a binary of this test.
@@ -682,4 +703,37 @@ pub async fn routed_count(env: &TestEnv) -> i64 {
         .await
         .unwrap();
     row.get(0)
+}
+
+/// A port nobody listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The value of `sample` (name and labels as Prometheus prints them, labels
+/// in any order) in a text exposition; 0 when it is absent.
+pub fn metric_value(text: &str, sample: &str) -> f64 {
+    let (name, labels) = match sample.split_once('{') {
+        Some((name, labels)) => (name, labels.trim_end_matches('}')),
+        None => (sample, ""),
+    };
+    let wanted: BTreeSet<&str> = labels.split(',').filter(|l| !l.is_empty()).collect();
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, l)) => (n, l.trim_end_matches('}')),
+                None => (*series, ""),
+            };
+            let labels: BTreeSet<&str> =
+                series_labels.split(',').filter(|l| !l.is_empty()).collect();
+            series_name == name && wanted.is_subset(&labels)
+        })
+        .map(|(_, value)| value.parse::<f64>().unwrap())
+        .sum()
 }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -43,6 +44,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "TANTO_LOG_FORMAT",
     "TANTO_SHUTDOWN_DEADLINE_SECS",
     "TANTO_WATCHDOG_STALL_SECS",
+    "TANTO_HTTP_ADDR",
     "TANTO_BIN_DIR",
 ];
 
@@ -60,6 +62,9 @@ pub struct Settings {
     /// A consumer that receives nothing for this long while its partitions
     /// have messages waiting is replaced.
     pub watchdog_stall: Duration,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; each binary
+    /// has its own default port.
+    pub http_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -262,6 +267,7 @@ impl Settings {
             },
             shutdown_deadline: vars.seconds("TANTO_SHUTDOWN_DEADLINE_SECS", 20)?,
             watchdog_stall: vars.seconds("TANTO_WATCHDOG_STALL_SECS", 60)?,
+            http_addr: vars.optional_parsed("TANTO_HTTP_ADDR")?,
         };
         settings.check()?;
         Ok(settings)
@@ -344,13 +350,21 @@ impl Vars {
         T: FromStr,
         T::Err: fmt::Display,
     {
-        match self.optional(key) {
-            None => Ok(default),
-            Some(raw) => raw
-                .parse()
-                .map_err(|err| anyhow::anyhow!("{err}"))
-                .with_context(|| format!("{key} has an invalid value '{raw}'")),
-        }
+        Ok(self.optional_parsed(key)?.unwrap_or(default))
+    }
+
+    fn optional_parsed<T>(&self, key: &str) -> anyhow::Result<Option<T>>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        let Some(raw) = self.optional(key) else {
+            return Ok(None);
+        };
+        let value = raw.parse().map_err(|err| anyhow::anyhow!("{err}"));
+        value
+            .map(Some)
+            .with_context(|| format!("{key} has an invalid value '{raw}'"))
     }
 
     fn seconds(&self, key: &str, default: u64) -> anyhow::Result<Duration> {

@@ -119,6 +119,13 @@ impl LagView {
                 );
             }
         }
+        let gauge = &crate::metrics::metrics().consumer_lag;
+        gauge.reset();
+        for ((topic, partition), lag) in &lags {
+            gauge
+                .with_label_values(&[topic.as_str(), &partition.to_string()])
+                .set(*lag);
+        }
         if let Ok(mut lag) = self.0.lock() {
             *lag = lags;
         }
@@ -183,6 +190,18 @@ pub async fn consume<H: Handler>(
         match ended {
             Ok(Ended::Stalled) => {
                 restarts += 1;
+                let topics = consumer.subscription().map(|list| {
+                    list.elements()
+                        .iter()
+                        .map(|e| e.topic().to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                });
+                let topics = topics.unwrap_or_default();
+                crate::metrics::metrics()
+                    .watchdog_restarts
+                    .with_label_values(&[&topics])
+                    .inc();
                 let lag = consumer.context().lag.total();
                 tracing::error!(lag, restarts, stalled_for = ?batching.stall_after, "consumer made no progress while messages were waiting; replacing it");
             }

@@ -38,6 +38,10 @@ impl Ledger {
         Self { pool }
     }
 
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// Records an attempt to send `delivery`, unless it was sent already.
     pub async fn claim(&self, delivery: &DeliveryMessage) -> anyhow::Result<Claim> {
         let client = self

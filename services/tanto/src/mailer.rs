@@ -16,6 +16,7 @@
 //! like permanent ones, with their class, so an operator sees them. Retry
 //! tiers are the subject of a later change (docs/operations.md).
 
+use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use anyhow::Context;
@@ -27,6 +28,7 @@ use crate::catalog::Catalog;
 use crate::config::Settings;
 use crate::consumer::{self, Batching, Handled, Handler};
 use crate::delivery::DeliveryMessage;
+use crate::http;
 use crate::kafka::{self, DeadLetterHeaders};
 use crate::ledger::{Claim, Failure, Ledger};
 use crate::render::{RenderedMail, Renderer};
@@ -54,6 +56,15 @@ pub async fn run(settings: &Settings, shutdown: Shutdown) -> anyhow::Result<()> 
         producer: kafka::producer(&settings.kafka.brokers)?,
         dead_letter_topic: topics.deliveries_dlq.clone(),
     };
+    let checks = vec![
+        http::database_check(mailer.ledger.pool().clone()),
+        http::broker_check(mailer.producer.clone()),
+        http::smtp_check(settings.smtp.host.clone(), settings.smtp.port),
+    ];
+    let addr = settings
+        .http_addr
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9104)));
+    http::spawn(addr, checks, shutdown.clone()).await?;
     let connect = || {
         let source = [topics.deliveries.as_str()];
         let consumer =

@@ -15,6 +15,7 @@
 //! with its reason, and the partition moves on. A database that does not
 //! answer is not the event's fault: the notifier waits and tries again.
 
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -27,9 +28,11 @@ use crate::catalog::Catalog;
 use crate::config::Settings;
 use crate::consumer::{self, Batching, Handled, Handler};
 use crate::delivery::DeliveryMessage;
-use crate::event::{self, Event, Family, Rejection};
+use crate::event::{self, Event, Family, RejectReason, Rejection};
+use crate::http;
 use crate::kafka::{self, DeadLetterHeaders};
-use crate::routing::{RouteError, Router, record};
+use crate::metrics::metrics;
+use crate::routing::{RouteError, Routed, Router, record};
 use crate::shutdown::Shutdown;
 
 /// How long a produce may wait for room in the producer's queue.
@@ -57,6 +60,19 @@ pub async fn run(settings: &Settings, family: Family, shutdown: Shutdown) -> any
         deliveries_topic: topics.deliveries.clone(),
         dead_letter_topic: topics.events_dlq.clone(),
     };
+    let checks = vec![
+        http::database_check(notifier.router.pool().clone()),
+        http::broker_check(notifier.producer.clone()),
+    ];
+    let port = match family {
+        Family::Order => 9101,
+        Family::Contract => 9102,
+        Family::Quote => 9103,
+    };
+    let addr = settings
+        .http_addr
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], port)));
+    http::spawn(addr, checks, shutdown.clone()).await?;
     let connect = || {
         let consumer = kafka::consumer(
             &settings.kafka.brokers,
@@ -103,8 +119,18 @@ impl Handler for Notifier {
     async fn handle(&self, message: &OwnedMessage, shutdown: &Shutdown) -> anyhow::Result<Handled> {
         let parsed = event::parse(message.payload().unwrap_or_default(), self.family);
         let step = consumer::retry("route event", shutdown, || self.try_once(message, &parsed));
-        Ok(step.await.map_or(Handled::Interrupted, |()| Handled::Done))
+        let Some(outcome) = step.await else {
+            return Ok(Handled::Interrupted);
+        };
+        count(message.topic(), &parsed, &outcome);
+        Ok(Handled::Done)
     }
+}
+
+/// What the notifier did with an event, for the metrics.
+enum Outcome {
+    Routed(Routed),
+    SetAside(RejectReason),
 }
 
 impl Notifier {
@@ -112,16 +138,20 @@ impl Notifier {
         &self,
         message: &OwnedMessage,
         parsed: &Result<Event, Rejection>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Outcome> {
         let event = match parsed {
             Ok(event) => event,
             Err(rejection) => return self.dead_letter(message, rejection).await,
         };
-        match self.router.route(event).await {
+        let routing = metrics().routing_duration.start_timer();
+        let routed = self.router.route(event).await;
+        routing.observe_duration();
+        match routed {
             Ok(routed) => {
                 log_routed(event, &routed);
                 self.publish(&routed.deliveries).await?;
-                record::record(self.router.pool(), event, &routed).await
+                record::record(self.router.pool(), event, &routed).await?;
+                Ok(Outcome::Routed(routed))
             }
             Err(RouteError::Rejected(rejection)) => self.dead_letter(message, &rejection).await,
             Err(RouteError::Unavailable(err)) => Err(err),
@@ -153,7 +183,7 @@ impl Notifier {
         &self,
         message: &OwnedMessage,
         rejection: &Rejection,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Outcome> {
         tracing::warn!(
             reason = rejection.reason.as_str(),
             topic = message.topic(),
@@ -182,11 +212,11 @@ impl Notifier {
             .await
             .map_err(|(err, _)| err)
             .context("Failed to produce to the event dead-letter topic")?;
-        Ok(())
+        Ok(Outcome::SetAside(rejection.reason))
     }
 }
 
-fn log_routed(event: &Event, routed: &crate::routing::Routed) {
+fn log_routed(event: &Event, routed: &Routed) {
     tracing::debug!(
         event_id = %event.event_id,
         event_type = %event.event_type,
@@ -197,4 +227,42 @@ fn log_routed(event: &Event, routed: &crate::routing::Routed) {
         unknown_products = routed.unknown_products,
         "event routed"
     );
+}
+
+fn count(topic: &str, parsed: &Result<Event, Rejection>, outcome: &Outcome) {
+    let metrics = metrics();
+    let event_type = parsed
+        .as_ref()
+        .map_or("unknown", |event| event.event_type.as_str());
+    match outcome {
+        Outcome::SetAside(reason) => {
+            let labels = [topic, event_type, "dead_lettered", reason.as_str()];
+            metrics.events_consumed.with_label_values(&labels).inc();
+        }
+        Outcome::Routed(routed) => {
+            metrics
+                .events_consumed
+                .with_label_values(&[topic, event_type, "routed", "none"])
+                .inc();
+            for delivery in &routed.deliveries {
+                for class in &delivery.recipient.classes {
+                    let labels = [delivery.mail.number.as_str(), class.as_str()];
+                    metrics.deliveries_produced.with_label_values(&labels).inc();
+                }
+            }
+            for (number, class) in &routed.empty_classes {
+                metrics
+                    .empty_classes
+                    .with_label_values(&[number.as_str(), class.as_str()])
+                    .inc();
+            }
+            let unknown = &metrics.unknown_references;
+            unknown
+                .with_label_values(&["customer"])
+                .inc_by(u64::from(routed.unknown_customer));
+            unknown
+                .with_label_values(&["product"])
+                .inc_by(routed.unknown_products as u64);
+        }
+    }
 }

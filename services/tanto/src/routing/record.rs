@@ -27,6 +27,10 @@ pub async fn record(pool: &Pool, event: &Event, routed: &Routed) -> anyhow::Resu
         .collect();
     let deliveries = i32::try_from(routed.deliveries.len()).unwrap_or(i32::MAX);
     let unknown_products = i32::try_from(routed.unknown_products).unwrap_or(i32::MAX);
+    let query = crate::metrics::metrics()
+        .db_query_duration
+        .with_label_values(&["record_routed_event"]);
+    let _timer = query.start_timer();
     client
         .execute(
             &statement,

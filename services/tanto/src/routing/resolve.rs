@@ -17,6 +17,7 @@ use crate::delivery::{
     TransactionView, delivery_id, normalize_address,
 };
 use crate::event::{Event, RejectReason, Rejection};
+use crate::metrics::{metrics, timed};
 
 /// What routing an event produced, with the facts the history and the
 /// metrics need about who was not reached.
@@ -119,8 +120,10 @@ impl Router {
 
     /// Routes one event: reads its routing data and plans its deliveries.
     pub async fn route(&self, event: &Event) -> Result<Routed, RouteError> {
-        let view = self
-            .load_view(event)
+        let query = metrics()
+            .db_query_duration
+            .with_label_values(&["routing_view"]);
+        let view = timed(&query, self.load_view(event))
             .await
             .map_err(RouteError::Unavailable)?;
         let Some(view) = view else {

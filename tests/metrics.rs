@@ -1,0 +1,95 @@
+//! What SREs watch: each binary's `/metrics`, scraped after a known
+//! scenario, shows the expected values; `/healthz` and `/readyz` answer.
+
+// A test fails loudly on anything unexpected; unwrap is how it says so.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use tanto_e2e::{TestEnv, event, eventually, publish_raw, routed_count, standard_routing};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_notifier_counts_events_deliveries_and_what_reached_nobody() {
+    let mut env = TestEnv::new().await;
+    env.apply(&standard_routing(&env));
+    env.start("order-notifier");
+    let topic = env.topics.orders.clone();
+    let known = event(&env.id, "order.applied", &["P-100"]);
+    let unknown_product = event(&env.id, "order.applied", &["P-999"]);
+
+    publish_raw(&topic, "O-1", known.to_string().as_bytes()).await;
+    publish_raw(&topic, "O-1", b"not json").await;
+    publish_raw(&topic, "O-1", unknown_product.to_string().as_bytes()).await;
+    eventually("both events routed", Duration::from_secs(30), || async {
+        routed_count(&env).await == 2
+    })
+    .await;
+
+    let notifier = "order-notifier";
+    let consumed = |outcome: &str, reason: &str| {
+        format!(
+            "tanto_events_consumed_total{{topic=\"{topic}\",outcome=\"{outcome}\",reason=\"{reason}\"}}"
+        )
+    };
+    assert_eq!(env.metric(notifier, &consumed("routed", "none")).await, 2.0);
+    assert_eq!(
+        env.metric(notifier, &consumed("dead_lettered", "malformed_json"))
+            .await,
+        1.0
+    );
+    let produced = |mail: &str, class: &str| {
+        format!("tanto_deliveries_produced_total{{mail=\"{mail}\",class=\"{class}\"}}")
+    };
+    // The first event reaches tanaka and suzuki as product staff; the
+    // second names a product nobody is in charge of.
+    assert_eq!(
+        env.metric(notifier, &produced("5-1-2", "product_staff"))
+            .await,
+        2.0
+    );
+    assert_eq!(
+        env.metric(notifier, &produced("5-1-2", "customer_staff"))
+            .await,
+        4.0
+    );
+    assert_eq!(
+        env.metric(notifier, &produced("5-1-1", "customer_admin"))
+            .await,
+        2.0
+    );
+    let empty = "tanto_recipient_classes_empty_total{mail=\"5-1-2\",class=\"product_staff\"}";
+    assert_eq!(env.metric(notifier, empty).await, 1.0);
+    let unknown = "tanto_unknown_references_total{kind=\"product\"}";
+    assert_eq!(env.metric(notifier, unknown).await, 1.0);
+    let routing_count = env
+        .metric(notifier, "tanto_routing_duration_seconds_count")
+        .await;
+    assert_eq!(routing_count, 2.0);
+    let query = "tanto_db_query_duration_seconds_count{query=\"routing_view\"}";
+    assert_eq!(env.metric(notifier, query).await, 2.0);
+    assert!(env.metric(notifier, "process_resident_memory_bytes").await > 0.0);
+
+    assert_eq!(env.http_get(notifier, "/healthz").await.0, 200);
+    assert_eq!(
+        env.http_get(notifier, "/readyz").await,
+        (200, "ready\n".to_string())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consumer_lag_is_reported_per_partition() {
+    let mut env = TestEnv::new().await;
+    env.apply(&standard_routing(&env));
+    env.start("order-notifier");
+
+    let lag_of = |text: &str| tanto_e2e::metric_value(text, "tanto_consumer_lag");
+    eventually(
+        "lag gauges for both partitions",
+        Duration::from_secs(20),
+        || async {
+            let (_, text) = env.http_get("order-notifier", "/metrics").await;
+            text.matches("tanto_consumer_lag{").count() == 2 && lag_of(&text) == 0.0
+        },
+    )
+    .await;
+}
