@@ -194,6 +194,14 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    pub const ALL: [RejectReason; 5] = [
+        RejectReason::MalformedJson,
+        RejectReason::SchemaViolation,
+        RejectReason::UnknownEventType,
+        RejectReason::WrongTopic,
+        RejectReason::UnknownTenant,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RejectReason::MalformedJson => "malformed_json",

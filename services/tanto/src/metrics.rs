@@ -12,6 +12,9 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::catalog::Catalog;
+use crate::event::{EventType, Family, RejectReason};
+
 /// Buckets for in-process steps (routing, rendering, queries, SMTP sends).
 const STEP_BUCKETS: &[f64] = &[
     0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -166,6 +169,72 @@ impl Metrics {
             ),
             registry,
         }
+    }
+
+    /// Creates, at zero, the series a notifier of `topic` can produce, so
+    /// that dashboards and `rate()` see them before the first increment.
+    pub fn init_notifier(&self, topic: &str, catalog: &Catalog, family: Family) {
+        for event_type in EventType::ALL.into_iter().filter(|t| t.family() == family) {
+            let labels = [topic, event_type.as_str(), "routed", "none"];
+            self.events_consumed.with_label_values(&labels).reset();
+        }
+        for reason in RejectReason::ALL {
+            let labels = [topic, "unknown", "dead_lettered", reason.as_str()];
+            self.events_consumed.with_label_values(&labels).reset();
+        }
+        for mail in catalog
+            .mails()
+            .iter()
+            .filter(|m| m.event_type.family() == family)
+        {
+            for class in &mail.recipients {
+                self.deliveries_produced
+                    .with_label_values(&[&mail.number, class.as_str()])
+                    .reset();
+                self.empty_classes
+                    .with_label_values(&[&mail.number, class.as_str()])
+                    .reset();
+            }
+        }
+        for kind in ["customer", "product"] {
+            self.unknown_references.with_label_values(&[kind]).reset();
+        }
+        self.watchdog_restarts.with_label_values(&[topic]).reset();
+        self.dead_letters_waiting
+            .with_label_values(&["events"])
+            .set(0);
+        for query in ["routing_view", "record_routed_event"] {
+            let _ = self.db_query_duration.with_label_values(&[query]);
+        }
+    }
+
+    /// Creates, at zero, the series the mailer can produce.
+    pub fn init_mailer(
+        &self,
+        topic: &str,
+        catalog: &Catalog,
+        error_classes: &[&str],
+        tiers: usize,
+    ) {
+        for mail in catalog.mails() {
+            let number = mail.number.as_str();
+            self.mails_sent.with_label_values(&[number]).reset();
+            self.mails_unknown.with_label_values(&[number]).reset();
+            for tier in 1..=tiers {
+                self.mails_retried
+                    .with_label_values(&[number, &tier.to_string()])
+                    .reset();
+            }
+            for class in error_classes {
+                self.mails_dead_lettered
+                    .with_label_values(&[number, class])
+                    .reset();
+            }
+        }
+        self.watchdog_restarts.with_label_values(&[topic]).reset();
+        self.dead_letters_waiting
+            .with_label_values(&["deliveries"])
+            .set(0);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -52,6 +52,7 @@ pub async fn run(settings: &Settings, family: Family, shutdown: Shutdown) -> any
         .clone()
         .unwrap_or_else(|| default_group(family));
     let catalog = Catalog::load(&settings.mail.catalog)?;
+    metrics().init_notifier(source, &catalog, family);
     let pool = crate::db::pool(&settings.database)?;
     let notifier = Notifier {
         family,
