@@ -9,7 +9,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN_DIR := $(TARGET_DIR)/debug
 DAEMONS := order-notifier contract-notifier quote-notifier mailer
 
-.PHONY: help build up down status demo test lint logs
+.PHONY: help build up down status demo test lint logs bench
 
 help:
 	@echo "make up      install what is missing, start Postgres, Kafka and MailDev, build, migrate,"
@@ -21,6 +21,7 @@ help:
 	@echo "make test    start the stack (not the daemons), lint, and run every test"
 	@echo "make lint    rustfmt and clippy"
 	@echo "make build   build the binaries into $(BIN_DIR)"
+	@echo "make bench   measure tanto against its baselines; writes docs/benchmarks.md"
 
 build:
 	cargo build --workspace --bins
@@ -62,3 +63,11 @@ lint:
 
 logs:
 	tail -n 20 -F $(DAEMONS:%=.local/log/%.log)
+
+# Not part of `make test`: it takes several minutes and measures, it does
+# not assert. Needs Postfix's smtp-sink and smtp-source for the mailer.
+bench:
+	deploy/local/install.sh --bench
+	deploy/local/stack.sh up
+	cargo build --release --workspace --bins
+	$(TARGET_DIR)/release/tanto-bench --out docs/benchmarks.md

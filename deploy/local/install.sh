@@ -14,9 +14,11 @@ APT_PACKAGES=(
   build-essential cmake pkg-config libcurl4-openssl-dev zlib1g-dev libssl-dev libsasl2-dev
 )
 # Maven fetches the broker and Java runs it; installed only when the command
-# is missing, since a machine may bring its own JDK. Node.js (20 or newer,
-# for MailDev 3) is not installed here: Debian 12's is too old.
-declare -A APT_FOR_COMMAND=([java]=openjdk-17-jre-headless [mvn]=maven)
+# is missing, since a machine may bring its own JDK. promtool, which the
+# tests run on deploy/prometheus/, comes with Debian's Prometheus server.
+# Node.js (20 or newer, for MailDev 3) is not installed here: Debian 12's is
+# too old.
+declare -A APT_FOR_COMMAND=([java]=openjdk-17-jre-headless [mvn]=maven [promtool]=prometheus)
 MAILDEV_VERSION=3
 
 SUDO=()
@@ -87,10 +89,23 @@ install_maildev() {
     "maildev@$MAILDEV_VERSION"
 }
 
+# `--bench` adds Postfix for its smtp-sink and smtp-source, the mailer
+# benchmark's baseline. Postfix is installed unconfigured, so no mail
+# server of its own starts.
+install_bench_packages() {
+  command -v smtp-sink >/dev/null && command -v smtp-source >/dev/null && return 0
+  say "apt: installing postfix (smtp-sink, smtp-source)"
+  echo "postfix postfix/main_mailer_type select No configuration" | "${SUDO[@]}" debconf-set-selections
+  local log="$LOG_DIR/install-apt.log"
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -q --no-install-recommends \
+    -o Dpkg::Use-Pty=0 postfix >"$log" 2>&1 || { tail_log "$log"; die "apt-get failed (full output in $log)"; }
+}
+
 main() {
   mkdir -p "$LOCAL" "$RUN_DIR" "$LOG_DIR"
   lock install
   install_debian_packages
+  if [[ ${1:-} == --bench ]]; then install_bench_packages; fi
   command -v cargo >/dev/null || warn "cargo is missing: install the Rust toolchain (rustup)"
   install_kafka
   install_maildev
