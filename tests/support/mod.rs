@@ -43,14 +43,7 @@ impl TestEnv {
     pub async fn new() -> Self {
         let id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         let database_url = create_database(&id).await;
-        let topics = Topics {
-            orders: format!("{id}.commerce.orders"),
-            contracts: format!("{id}.commerce.contracts"),
-            quotes: format!("{id}.commerce.quotes"),
-            deliveries: format!("{id}.tanto.deliveries"),
-            events_dlq: format!("{id}.tanto.events.dlq"),
-            deliveries_dlq: format!("{id}.tanto.deliveries.dlq"),
-        };
+        let topics = Topics::prefixed(&id);
         let env = Self {
             id,
             database_url,

@@ -32,14 +32,7 @@ impl BenchEnv {
         admin
             .batch_execute(&format!("CREATE DATABASE tanto_{id}"))
             .await?;
-        let topics = Topics {
-            orders: format!("{id}.commerce.orders"),
-            contracts: format!("{id}.commerce.contracts"),
-            quotes: format!("{id}.commerce.quotes"),
-            deliveries: format!("{id}.tanto.deliveries"),
-            events_dlq: format!("{id}.tanto.events.dlq"),
-            deliveries_dlq: format!("{id}.tanto.deliveries.dlq"),
-        };
+        let topics = Topics::prefixed(&id);
         let env = Self {
             database_url: format!("{ADMIN_DATABASE_URL}_{id}"),
             id,

@@ -101,6 +101,23 @@ impl Topics {
     }
 }
 
+impl Topics {
+    /// The default names behind `prefix.`, for a test or a benchmark run
+    /// that must not share topics with anyone.
+    pub fn prefixed(prefix: &str) -> Self {
+        let defaults = Self::default();
+        let name = |topic: &str| format!("{prefix}.{topic}");
+        Self {
+            orders: name(&defaults.orders),
+            contracts: name(&defaults.contracts),
+            quotes: name(&defaults.quotes),
+            deliveries: name(&defaults.deliveries),
+            events_dlq: name(&defaults.events_dlq),
+            deliveries_dlq: name(&defaults.deliveries_dlq),
+        }
+    }
+}
+
 impl Default for Topics {
     fn default() -> Self {
         Self {
