@@ -1,16 +1,17 @@
 //! Kafka clients configured the one way tanto uses them, topic creation, and
 //! the dead-letter record format.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::Consumer;
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::consumer::{LagContext, TantoConsumer};
 
@@ -120,4 +121,84 @@ pub fn header_text<H: Headers>(headers: &H, key: &str) -> Option<String> {
         .find(|header| header.key == key)
         .and_then(|header| header.value)
         .map(|value| String::from_utf8_lossy(value).into_owned())
+}
+
+/// A producer for the operator CLI: idempotent like [`producer`], but a send
+/// that the broker does not acknowledge fails after `timeout` instead of
+/// librdkafka's five minutes, so a command never hangs on a broker outage.
+pub fn operator_producer(brokers: &str, timeout: Duration) -> anyhow::Result<FutureProducer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", timeout.as_millis().to_string())
+        .create()
+        .context("Failed to create the Kafka producer")
+}
+
+/// Reads every message `topic` holds when the call starts, from the beginning
+/// of each partition up to its high watermark, and hands each to `visit` in
+/// partition and offset order within a partition. Messages that arrive during
+/// the read are left for the next one. Blocking: call it off the runtime's
+/// worker threads (`spawn_blocking`). Joins no consumer group and commits
+/// nothing.
+pub fn read_to_end(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+    mut visit: impl FnMut(OwnedMessage),
+) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "tanto-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .create()
+        .context("Failed to create the Kafka consumer")?;
+    let unreachable = || format!("the Kafka broker at {brokers} does not answer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(unreachable)?;
+    let partitions = match metadata.topics().first() {
+        Some(found) if found.error().is_none() => found.partitions(),
+        _ => anyhow::bail!("topic {topic} does not exist (`tanto topics ensure` creates it)"),
+    };
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for partition in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition.id(), timeout)
+            .with_context(unreachable)?;
+        if high > low {
+            ends.insert(partition.id(), high);
+            assignment.add_partition_offset(topic, partition.id(), Offset::Offset(low))?;
+        }
+    }
+    if ends.is_empty() {
+        return Ok(());
+    }
+    consumer
+        .assign(&assignment)
+        .with_context(|| format!("Failed to read {topic}"))?;
+    let deadline = Instant::now() + timeout;
+    while !ends.is_empty() {
+        if Instant::now() > deadline {
+            anyhow::bail!("reading {topic} took longer than {timeout:?}; try again");
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message.with_context(|| format!("Failed to read {topic}"))?;
+        let (partition, offset) = (message.partition(), message.offset());
+        let Some(&end) = ends.get(&partition) else {
+            continue;
+        };
+        if offset < end {
+            visit(message.detach());
+        }
+        if offset + 1 >= end {
+            ends.remove(&partition);
+        }
+    }
+    Ok(())
 }

@@ -8,11 +8,13 @@
 //! around [`app`] and [`cli`].
 
 pub mod app;
+pub mod audit;
 pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod db;
+pub mod dead_letters;
 pub mod delivery;
 pub mod event;
 pub mod http;
@@ -21,11 +23,14 @@ pub mod ledger;
 pub mod mailer;
 pub mod metrics;
 pub mod notifier;
+pub mod preview;
 pub mod render;
+pub mod replay;
 pub mod routing;
 pub mod shutdown;
 pub mod smtp;
 pub mod telemetry;
+pub mod templates;
 
 /// An error with its causes on one line, `outer: inner: innermost`, for
 /// errors of libraries that keep the useful part in their sources.
