@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tanto::delivery::delivery_id;
 use tanto_e2e::{
-    TestEnv, deliveries_on, event, eventually, publish_all, read_topic, repo_root, routed_count,
+    TestEnv, deliveries_on, event, eventually, publish_stream, read_topic, repo_root, routed_count,
     standard_routing,
 };
 use tokio::sync::Mutex;
@@ -68,17 +68,17 @@ fn run(program: &str, args: &[&str]) {
 
 /// Starts a notifier on 1,000 published events and waits until some are
 /// routed, so that the fault lands in the middle of the stream.
-async fn mid_stream() -> (TestEnv, Vec<serde_json::Value>) {
+async fn mid_stream() -> (TestEnv, Vec<serde_json::Value>, tokio::task::JoinHandle<()>) {
     let mut env = TestEnv::new().await;
     env.apply(&standard_routing(&env));
     let events = orders(&env);
-    publish_all(&env.topics.orders, &events).await;
     env.start("order-notifier");
+    let stream = publish_stream(&env.topics.orders, events.clone(), Duration::from_secs(20));
     eventually("some events routed", Duration::from_secs(60), || async {
         routed_count(&env).await >= 50
     })
     .await;
-    (env, events)
+    (env, events, stream)
 }
 
 /// Every event routed, exactly the expected deliveries on the topic, and
@@ -102,7 +102,7 @@ async fn assert_complete(env: &TestEnv, events: &[serde_json::Value]) {
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_stopped_mid_stream_pauses_the_notifier_until_it_answers_again() {
     let _servers = SERVERS.lock().await;
-    let (mut env, events) = mid_stream().await;
+    let (mut env, events, stream) = mid_stream().await;
 
     run("pg_ctlcluster", &["15", "main", "stop", "-m", "fast"]);
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -113,6 +113,7 @@ async fn postgres_stopped_mid_stream_pauses_the_notifier_until_it_answers_again(
         routing_stopped,
         "the notifier saw the database gone and waited"
     );
+    stream.await.unwrap();
     assert_complete(&env, &events).await;
     assert!(
         env.is_running("order-notifier"),
@@ -127,7 +128,7 @@ async fn postgres_stopped_mid_stream_pauses_the_notifier_until_it_answers_again(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_restarted_mid_stream_loses_nothing() {
     let _servers = SERVERS.lock().await;
-    let (mut env, events) = mid_stream().await;
+    let (mut env, events, stream) = mid_stream().await;
 
     let pid = std::fs::read_to_string(repo_root().join(".local/run/kafka.pid")).unwrap();
     run("kill", &["-TERM", pid.trim()]);
@@ -137,6 +138,7 @@ async fn a_broker_restarted_mid_stream_loses_nothing() {
     .await;
     run("bash", &["deploy/local/stack.sh", "up"]);
 
+    stream.await.unwrap();
     assert_complete(&env, &events).await;
     assert!(
         env.is_running("order-notifier"),

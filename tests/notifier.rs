@@ -17,7 +17,7 @@ use tanto::delivery::delivery_id;
 use tanto::kafka::header_text;
 use tanto_e2e::{
     TestEnv, committed_and_end, deliveries_at, deliveries_on, event, eventually, publish_all,
-    publish_all_at, publish_raw, read_topic, routed_count, standard_routing,
+    publish_all_at, publish_raw, publish_stream, read_topic, routed_count, standard_routing,
 };
 use uuid::Uuid;
 
@@ -183,7 +183,7 @@ async fn a_notifier_killed_mid_stream_loses_nothing_after_restart() {
     let mut env = notifier_env().await;
     let events = orders(&env, 1000);
     let expected: BTreeSet<Uuid> = events.iter().flat_map(|e| expected_ids(&env, e)).collect();
-    publish_all(&env.topics.orders, &events).await;
+    let stream = publish_stream(&env.topics.orders, events, Duration::from_secs(5));
 
     eventually("some events routed", Duration::from_secs(60), || async {
         routed_count(&env).await >= 100
@@ -192,6 +192,7 @@ async fn a_notifier_killed_mid_stream_loses_nothing_after_restart() {
     env.signal("order-notifier", "KILL");
     let routed_at_kill = routed_count(&env).await;
     env.start("order-notifier");
+    stream.await.unwrap();
 
     let ids = routed_deliveries(&env, 1000).await;
     assert!(

@@ -543,6 +543,24 @@ pub async fn ledger(env: &TestEnv) -> Vec<(String, String, Vec<String>)> {
         .collect()
 }
 
+/// Publishes events as a stream over about `over`, in small chunks, from a
+/// task of its own, so that a fault can land in the middle of it.
+pub fn publish_stream(
+    topic: &str,
+    events: Vec<serde_json::Value>,
+    over: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let topic = topic.to_string();
+    let chunks = 50;
+    let pause = over / chunks;
+    tokio::spawn(async move {
+        for chunk in events.chunks(events.len().div_ceil(chunks as usize)) {
+            publish_all(&topic, chunk).await;
+            tokio::time::sleep(pause).await;
+        }
+    })
+}
+
 /// Publishes many events at once, each keyed by its transaction id.
 pub async fn publish_all(topic: &str, events: &[serde_json::Value]) {
     publish_all_at(BROKERS, topic, events).await;

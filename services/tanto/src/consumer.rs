@@ -51,6 +51,18 @@ pub trait Handler {
         message: &OwnedMessage,
         shutdown: &Shutdown,
     ) -> impl Future<Output = anyhow::Result<Handled>>;
+
+    /// Handles a whole batch, one outcome per message in batch order. The
+    /// default runs [`Handler::handle`] in chains; a handler that can do a
+    /// batch's work in one go (the notifier routes a batch with three
+    /// queries) overrides it.
+    fn handle_batch(
+        &self,
+        batch: &[OwnedMessage],
+        shutdown: &Shutdown,
+    ) -> impl Future<Output = anyhow::Result<Vec<Handled>>> {
+        handle_in_chains(self, batch, shutdown)
+    }
 }
 
 /// How the loop groups messages.
@@ -334,7 +346,7 @@ async fn handle_keeping_alive<H: Handler>(
     shutdown: &Shutdown,
     batching: Batching,
 ) -> anyhow::Result<Vec<Handled>> {
-    let work = handle_batch(handler, batch, shutdown);
+    let work = handler.handle_batch(batch, shutdown);
     tokio::pin!(work);
     let keepalive = tokio::time::sleep(batching.keepalive_after);
     tokio::pin!(keepalive);
@@ -382,7 +394,7 @@ type ChainKey<'a> = (&'a str, i32, Option<&'a [u8]>);
 /// Handles every message of a batch; one chain per (partition, key) runs
 /// its messages in order, chains run concurrently. A chain stops at its
 /// first interrupted message: the rest of it is interrupted too.
-async fn handle_batch<H: Handler>(
+pub async fn handle_in_chains<H: Handler + ?Sized>(
     handler: &H,
     batch: &[OwnedMessage],
     shutdown: &Shutdown,

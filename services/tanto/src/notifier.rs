@@ -32,7 +32,7 @@ use crate::event::{self, Event, Family, RejectReason, Rejection};
 use crate::http;
 use crate::kafka::{self, DeadLetterHeaders};
 use crate::metrics::metrics;
-use crate::routing::{RouteError, Routed, Router, record};
+use crate::routing::{Routed, Router, record};
 use crate::shutdown::Shutdown;
 
 /// How long a produce may wait for room in the producer's queue.
@@ -115,16 +115,36 @@ struct Notifier {
 }
 
 impl Handler for Notifier {
-    /// Routes and publishes the event, or sets it aside; a failure of the
-    /// database or the broker is retried until it passes or shutdown comes.
     async fn handle(&self, message: &OwnedMessage, shutdown: &Shutdown) -> anyhow::Result<Handled> {
-        let parsed = event::parse(message.payload().unwrap_or_default(), self.family);
-        let step = consumer::retry("route event", shutdown, || self.try_once(message, &parsed));
-        let Some(outcome) = step.await else {
-            return Ok(Handled::Interrupted);
+        let handled = self
+            .handle_batch(std::slice::from_ref(message), shutdown)
+            .await?;
+        Ok(handled[0])
+    }
+
+    /// Routes the batch's events with three queries, publishes their
+    /// deliveries and sets the unroutable ones aside; a failure of the
+    /// database or the broker retries the whole step (safe: the delivery
+    /// ids are the same each time) until it passes or shutdown comes.
+    async fn handle_batch(
+        &self,
+        batch: &[OwnedMessage],
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<Vec<Handled>> {
+        let parsed: Vec<Result<Event, Rejection>> = batch
+            .iter()
+            .map(|message| event::parse(message.payload().unwrap_or_default(), self.family))
+            .collect();
+        let step = consumer::retry("route events", shutdown, || {
+            self.route_batch(batch, &parsed)
+        });
+        let Some(outcomes) = step.await else {
+            return Ok(vec![Handled::Interrupted; batch.len()]);
         };
-        count(message.topic(), &parsed, &outcome);
-        Ok(Handled::Done)
+        for ((message, parsed), outcome) in batch.iter().zip(&parsed).zip(&outcomes) {
+            count(message.topic(), parsed, outcome);
+        }
+        Ok(vec![Handled::Done; batch.len()])
     }
 }
 
@@ -135,32 +155,83 @@ enum Outcome {
 }
 
 impl Notifier {
-    async fn try_once(
+    /// One attempt at a batch: route, then publish deliveries and dead
+    /// letters together, then record the routing.
+    async fn route_batch(
         &self,
-        message: &OwnedMessage,
-        parsed: &Result<Event, Rejection>,
-    ) -> anyhow::Result<Outcome> {
-        let event = match parsed {
-            Ok(event) => event,
-            Err(rejection) => return self.dead_letter(message, rejection).await,
-        };
-        let routing = metrics().routing_duration.start_timer();
-        let routed = self.router.route(event).await;
-        routing.observe_duration();
-        match routed {
-            Ok(routed) => {
-                log_routed(event, &routed);
-                self.publish(&routed.deliveries).await?;
-                record::record(self.router.pool(), event, &routed).await?;
-                Ok(Outcome::Routed(routed))
-            }
-            Err(RouteError::Rejected(rejection)) => self.dead_letter(message, &rejection).await,
-            Err(RouteError::Unavailable(err)) => Err(err),
+        batch: &[OwnedMessage],
+        parsed: &[Result<Event, Rejection>],
+    ) -> anyhow::Result<Vec<Outcome>> {
+        let events: Vec<&Event> = parsed.iter().filter_map(|p| p.as_ref().ok()).collect();
+        let routed = self.route_timed(&events).await?;
+        let mut routed = routed.into_iter();
+        let results: Vec<Result<Routed, Rejection>> = parsed
+            .iter()
+            .map(|parsed| match parsed {
+                Ok(_) => routed.next().expect("one routing result per parsed event"),
+                Err(rejection) => Err(rejection.clone()),
+            })
+            .collect();
+        let deliveries: Vec<&DeliveryMessage> = results
+            .iter()
+            .flatten()
+            .flat_map(|routed| &routed.deliveries)
+            .collect();
+        let dead_letters = batch.iter().zip(&results).filter_map(|(message, result)| {
+            result
+                .as_ref()
+                .err()
+                .map(|rejection| self.dead_letter(message, rejection))
+        });
+        tokio::try_join!(self.publish(&deliveries), try_join_all(dead_letters))?;
+        self.record(parsed, &results).await?;
+        Ok(results
+            .into_iter()
+            .map(|result| match result {
+                Ok(routed) => Outcome::Routed(routed),
+                Err(rejection) => Outcome::SetAside(rejection.reason),
+            })
+            .collect())
+    }
+
+    /// Routes the events and observes the routing time per event.
+    async fn route_timed(
+        &self,
+        events: &[&Event],
+    ) -> anyhow::Result<Vec<Result<Routed, Rejection>>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
         }
+        let started = std::time::Instant::now();
+        let routed = self.router.route_batch(events).await?;
+        let per_event = started.elapsed().as_secs_f64() / events.len() as f64;
+        for (event, result) in events.iter().zip(&routed) {
+            metrics().routing_duration.observe(per_event);
+            if let Ok(routed) = result {
+                log_routed(event, routed);
+            }
+        }
+        Ok(routed)
+    }
+
+    async fn record(
+        &self,
+        parsed: &[Result<Event, Rejection>],
+        results: &[Result<Routed, Rejection>],
+    ) -> anyhow::Result<()> {
+        let routed: Vec<(&Event, &Routed)> = parsed
+            .iter()
+            .zip(results)
+            .filter_map(|(parsed, result)| Some((parsed.as_ref().ok()?, result.as_ref().ok()?)))
+            .collect();
+        if routed.is_empty() {
+            return Ok(());
+        }
+        record::record(self.router.pool(), &routed).await
     }
 
     /// Produces every delivery and waits until Kafka has acknowledged all.
-    async fn publish(&self, deliveries: &[DeliveryMessage]) -> anyhow::Result<()> {
+    async fn publish(&self, deliveries: &[&DeliveryMessage]) -> anyhow::Result<()> {
         let sends = deliveries.iter().map(|delivery| async move {
             let key = delivery.delivery_id.to_string();
             let payload = delivery.to_json();
@@ -184,7 +255,7 @@ impl Notifier {
         &self,
         message: &OwnedMessage,
         rejection: &Rejection,
-    ) -> anyhow::Result<Outcome> {
+    ) -> anyhow::Result<()> {
         tracing::warn!(
             reason = rejection.reason.as_str(),
             topic = message.topic(),
@@ -213,7 +284,7 @@ impl Notifier {
             .await
             .map_err(|(err, _)| err)
             .context("Failed to produce to the event dead-letter topic")?;
-        Ok(Outcome::SetAside(rejection.reason))
+        Ok(())
     }
 }
 

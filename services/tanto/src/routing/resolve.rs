@@ -1,11 +1,12 @@
-//! Turns an event into its deliveries: which catalog mails it sends, and to
-//! which addresses, by the routing data in Postgres.
+//! Turns events into their deliveries: which catalog mails each event
+//! sends, and to which addresses, by the routing data in Postgres.
 //!
-//! An event costs three queries, run together on one connection (tokio-postgres
-//! pipelines them), whatever the number of recipients: the tenant with the
-//! customer, the products' names, and every candidate recipient of every class.
-//! The rules of domain.md are applied in memory by [`plan`], which a unit test
-//! reaches without a database.
+//! A whole batch of events costs three queries, whatever the number of
+//! events and recipients, run together on one connection (tokio-postgres
+//! pipelines them): the tenants with the customers, the products' names,
+//! and every candidate recipient of every class. The rules of domain.md are
+//! then applied per event in memory by [`plan`], which a unit test reaches
+//! without a database.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -70,40 +71,51 @@ pub struct Router {
     catalog: Catalog,
 }
 
-const TENANT_QUERY: &str = "
-    SELECT t.store_name, t.disabled_mails, c.name AS customer_name
-    FROM tenants t
-    LEFT JOIN customers c ON c.tenant_id = t.tenant_id AND c.customer_id = $2
-    WHERE t.tenant_id = $1";
+/// The tenant and customer of each (tenant, customer) pair of the batch;
+/// a pair whose tenant is unknown has no row.
+const TENANTS_QUERY: &str = "
+    SELECT q.tenant_id, q.customer_id, t.store_name, t.disabled_mails, c.name AS customer_name
+    FROM unnest($1::text[], $2::text[]) AS q(tenant_id, customer_id)
+    JOIN tenants t ON t.tenant_id = q.tenant_id
+    LEFT JOIN customers c ON c.tenant_id = q.tenant_id AND c.customer_id = q.customer_id";
 
 const PRODUCTS_QUERY: &str = "
-    SELECT product_id, name FROM products WHERE tenant_id = $1 AND product_id = ANY($2)";
+    SELECT p.tenant_id, p.product_id, p.name
+    FROM unnest($1::text[], $2::text[]) AS q(tenant_id, product_id)
+    JOIN products p ON p.tenant_id = q.tenant_id AND p.product_id = q.product_id";
 
-/// Inactive accounts are filtered here, so they never become candidates.
+/// Every candidate of the batch with the key it hangs on: the tenant for
+/// company-wide accounts, (tenant, product) for product staff, (tenant,
+/// customer) for the rest. $1 tenants; $2, $3 (tenant, customer) pairs;
+/// $4, $5 (tenant, product) pairs. Inactive accounts are filtered here, so
+/// they never become candidates.
 const CANDIDATES_QUERY: &str = "
-    SELECT 'company_wide' AS class, a.email, a.name
+    SELECT 'company_wide' AS class, a.tenant_id, '' AS key, a.email, a.name
     FROM accounts a
-    WHERE a.tenant_id = $1 AND a.company_wide AND a.active
+    WHERE a.tenant_id = ANY($1) AND a.company_wide AND a.active
   UNION ALL
-    SELECT 'product_staff', a.email, a.name
-    FROM product_groups pg
+    SELECT 'product_staff', q.tenant_id, q.product_id, a.email, a.name
+    FROM unnest($4::text[], $5::text[]) AS q(tenant_id, product_id)
+    JOIN product_groups pg ON pg.tenant_id = q.tenant_id AND pg.product_id = q.product_id
     JOIN group_members m ON m.tenant_id = pg.tenant_id AND m.group_id = pg.group_id
     JOIN accounts a ON a.tenant_id = m.tenant_id AND a.account_id = m.account_id
-    WHERE pg.tenant_id = $1 AND pg.product_id = ANY($3) AND a.active
+    WHERE a.active
   UNION ALL
-    SELECT 'customer_staff', a.email, a.name
-    FROM customer_groups cg
+    SELECT 'customer_staff', q.tenant_id, q.customer_id, a.email, a.name
+    FROM unnest($2::text[], $3::text[]) AS q(tenant_id, customer_id)
+    JOIN customer_groups cg ON cg.tenant_id = q.tenant_id AND cg.customer_id = q.customer_id
     JOIN group_members m ON m.tenant_id = cg.tenant_id AND m.group_id = cg.group_id
     JOIN accounts a ON a.tenant_id = m.tenant_id AND a.account_id = m.account_id
-    WHERE cg.tenant_id = $1 AND cg.customer_id = $2 AND a.active
+    WHERE a.active
   UNION ALL
-    SELECT 'customer_admin', c.admin_email, c.admin_name
-    FROM customers c
-    WHERE c.tenant_id = $1 AND c.customer_id = $2 AND c.admin_email IS NOT NULL
+    SELECT 'customer_admin', q.tenant_id, q.customer_id, c.admin_email, c.admin_name
+    FROM unnest($2::text[], $3::text[]) AS q(tenant_id, customer_id)
+    JOIN customers c ON c.tenant_id = q.tenant_id AND c.customer_id = q.customer_id
+    WHERE c.admin_email IS NOT NULL
   UNION ALL
-    SELECT 'customer_invitee', i.email, i.name
-    FROM customer_invitees i
-    WHERE i.tenant_id = $1 AND i.customer_id = $2";
+    SELECT 'customer_invitee', q.tenant_id, q.customer_id, i.email, i.name
+    FROM unnest($2::text[], $3::text[]) AS q(tenant_id, customer_id)
+    JOIN customer_invitees i ON i.tenant_id = q.tenant_id AND i.customer_id = q.customer_id";
 
 impl Router {
     pub fn new(pool: Pool, catalog: Catalog) -> Self {
@@ -118,73 +130,204 @@ impl Router {
         &self.pool
     }
 
-    /// Routes one event: reads its routing data and plans its deliveries.
+    /// Routes one event.
     pub async fn route(&self, event: &Event) -> Result<Routed, RouteError> {
-        let query = metrics()
-            .db_query_duration
-            .with_label_values(&["routing_view"]);
-        let view = timed(&query, self.load_view(event))
+        let mut routed = self
+            .route_batch(&[event])
             .await
             .map_err(RouteError::Unavailable)?;
-        let Some(view) = view else {
+        routed
+            .pop()
+            .expect("one result per event")
+            .map_err(RouteError::Rejected)
+    }
+
+    /// Routes a batch of events with three queries: one result per event,
+    /// in order, or an error if the routing data could not be read.
+    pub async fn route_batch(
+        &self,
+        events: &[&Event],
+    ) -> anyhow::Result<Vec<Result<Routed, Rejection>>> {
+        let data = self.load(events).await?;
+        Ok(events
+            .iter()
+            .map(|event| self.route_one(event, &data))
+            .collect())
+    }
+
+    fn route_one(&self, event: &Event, data: &BatchData) -> Result<Routed, Rejection> {
+        let Some(view) = data.view(event) else {
             return Err(Rejection::new(
                 RejectReason::UnknownTenant,
                 format!("tenant '{}' has no routing data", event.tenant_id),
-            )
-            .into());
+            ));
         };
         Ok(plan(&self.catalog, event, &view))
     }
 
-    /// Reads what `event` needs; `None` when its tenant is unknown.
-    async fn load_view(&self, event: &Event) -> anyhow::Result<Option<RoutingView>> {
+    /// Reads what the batch needs. The time waiting for a connection is not
+    /// counted as query time.
+    async fn load(&self, events: &[&Event]) -> anyhow::Result<BatchData> {
         let client = self.pool.get().await?;
+        let keys = BatchKeys::of(events);
+        let query = metrics()
+            .db_query_duration
+            .with_label_values(&["routing_view"]);
+        let (tenants, products, candidates) = timed(&query, async {
+            tokio::try_join!(
+                async {
+                    let statement = client.prepare_cached(TENANTS_QUERY).await?;
+                    client
+                        .query(&statement, &[&keys.pair_tenants, &keys.pair_customers])
+                        .await
+                },
+                async {
+                    let statement = client.prepare_cached(PRODUCTS_QUERY).await?;
+                    client
+                        .query(&statement, &[&keys.product_tenants, &keys.products])
+                        .await
+                },
+                async {
+                    let statement = client.prepare_cached(CANDIDATES_QUERY).await?;
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+                        &keys.tenants,
+                        &keys.pair_tenants,
+                        &keys.pair_customers,
+                        &keys.product_tenants,
+                        &keys.products,
+                    ];
+                    client.query(&statement, &params).await
+                },
+            )
+        })
+        .await?;
+        Ok(BatchData::from_rows(&tenants, &products, &candidates))
+    }
+}
+
+/// The distinct keys of a batch, as the arrays the queries take.
+#[derive(Debug, Default)]
+struct BatchKeys {
+    tenants: Vec<String>,
+    pair_tenants: Vec<String>,
+    pair_customers: Vec<String>,
+    product_tenants: Vec<String>,
+    products: Vec<String>,
+}
+
+impl BatchKeys {
+    fn of(events: &[&Event]) -> Self {
+        let mut tenants = BTreeSet::new();
+        let mut pairs = BTreeSet::new();
+        let mut products = BTreeSet::new();
+        for event in events {
+            tenants.insert(event.tenant_id.clone());
+            pairs.insert((event.tenant_id.clone(), event.customer_id.clone()));
+            for product in event.product_ids() {
+                products.insert((event.tenant_id.clone(), product));
+            }
+        }
+        let (pair_tenants, pair_customers) = pairs.into_iter().unzip();
+        let (product_tenants, products) = products.into_iter().unzip();
+        Self {
+            tenants: tenants.into_iter().collect(),
+            pair_tenants,
+            pair_customers,
+            product_tenants,
+            products,
+        }
+    }
+}
+
+/// The rows of a batch, indexed by the keys events look them up by.
+#[derive(Debug, Default)]
+struct BatchData {
+    /// (tenant, customer) -> (store name, disabled mails, customer name).
+    tenants: HashMap<(String, String), (String, Vec<String>, Option<String>)>,
+    product_names: HashMap<(String, String), String>,
+    /// (class, tenant, key) -> candidates; the key is "" for company-wide,
+    /// the product id for product staff, the customer id otherwise.
+    candidates: HashMap<(RecipientClass, String, String), Vec<Candidate>>,
+}
+
+impl BatchData {
+    fn from_rows(
+        tenants: &[tokio_postgres::Row],
+        products: &[tokio_postgres::Row],
+        candidates: &[tokio_postgres::Row],
+    ) -> Self {
+        let mut data = Self::default();
+        for row in tenants {
+            let pair = (row.get("tenant_id"), row.get("customer_id"));
+            let tenant = (
+                row.get("store_name"),
+                row.get("disabled_mails"),
+                row.get("customer_name"),
+            );
+            data.tenants.insert(pair, tenant);
+        }
+        for row in products {
+            data.product_names
+                .insert((row.get(0), row.get(1)), row.get(2));
+        }
+        for row in candidates {
+            let Some(class) = RecipientClass::parse(row.get(0)) else {
+                continue;
+            };
+            let candidate = Candidate {
+                class,
+                address: row.get(3),
+                name: row.get(4),
+            };
+            data.candidates
+                .entry((class, row.get(1), row.get(2)))
+                .or_default()
+                .push(candidate);
+        }
+        data
+    }
+
+    /// The routing data of one event; `None` when its tenant is unknown.
+    fn view(&self, event: &Event) -> Option<RoutingView> {
+        let tenant = event.tenant_id.clone();
+        let (store_name, disabled_mails, customer_name) = self
+            .tenants
+            .get(&(tenant.clone(), event.customer_id.clone()))?
+            .clone();
         let product_ids = event.product_ids();
-        let (tenant, products, candidates) = tokio::try_join!(
-            async {
-                let statement = client.prepare_cached(TENANT_QUERY).await?;
-                client
-                    .query_opt(&statement, &[&event.tenant_id, &event.customer_id])
-                    .await
-            },
-            async {
-                let statement = client.prepare_cached(PRODUCTS_QUERY).await?;
-                client
-                    .query(&statement, &[&event.tenant_id, &product_ids])
-                    .await
-            },
-            async {
-                let statement = client.prepare_cached(CANDIDATES_QUERY).await?;
-                client
-                    .query(
-                        &statement,
-                        &[&event.tenant_id, &event.customer_id, &product_ids],
-                    )
-                    .await
-            },
-        )?;
-        let Some(tenant) = tenant else {
-            return Ok(None);
-        };
-        Ok(Some(RoutingView {
-            store_name: tenant.get("store_name"),
-            disabled_mails: tenant.get("disabled_mails"),
-            customer_name: tenant.get("customer_name"),
-            product_names: products
+        let mut keys = vec![(RecipientClass::CompanyWide, String::new())];
+        keys.extend(
+            product_ids
                 .iter()
-                .map(|row| (row.get(0), row.get(1)))
-                .collect(),
-            candidates: candidates
-                .iter()
-                .filter_map(|row| {
-                    Some(Candidate {
-                        class: RecipientClass::parse(row.get(0))?,
-                        address: row.get(1),
-                        name: row.get(2),
-                    })
-                })
-                .collect(),
-        }))
+                .map(|p| (RecipientClass::ProductStaff, p.clone())),
+        );
+        for class in [
+            RecipientClass::CustomerStaff,
+            RecipientClass::CustomerAdmin,
+            RecipientClass::CustomerInvitee,
+        ] {
+            keys.push((class, event.customer_id.clone()));
+        }
+        let candidates = keys
+            .into_iter()
+            .filter_map(|(class, key)| self.candidates.get(&(class, tenant.clone(), key)))
+            .flatten()
+            .cloned()
+            .collect();
+        let product_names = product_ids
+            .into_iter()
+            .filter_map(|id| {
+                let name = self.product_names.get(&(tenant.clone(), id.clone()))?;
+                Some((id, name.clone()))
+            })
+            .collect();
+        Some(RoutingView {
+            store_name,
+            disabled_mails,
+            customer_name,
+            product_names,
+            candidates,
+        })
     }
 }
 
