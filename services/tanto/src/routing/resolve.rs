@@ -239,11 +239,19 @@ impl BatchKeys {
     }
 }
 
+/// A tenant row joined with one of its customers.
+#[derive(Debug, Clone)]
+struct TenantRow {
+    store_name: String,
+    disabled_mails: Vec<String>,
+    customer_name: Option<String>,
+}
+
 /// The rows of a batch, indexed by the keys events look them up by.
 #[derive(Debug, Default)]
 struct BatchData {
-    /// (tenant, customer) -> (store name, disabled mails, customer name).
-    tenants: HashMap<(String, String), (String, Vec<String>, Option<String>)>,
+    /// (tenant, customer) -> the tenant, and the customer if known.
+    tenants: HashMap<(String, String), TenantRow>,
     product_names: HashMap<(String, String), String>,
     /// (class, tenant, key) -> candidates; the key is "" for company-wide,
     /// the product id for product staff, the customer id otherwise.
