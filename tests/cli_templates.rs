@@ -236,7 +236,7 @@ async fn a_customer_preview_for_another_tenants_event_uses_the_given_tenant() {
     assert!(output.status.success(), "{}", stderr(&output));
     let preview: Value = serde_json::from_str(&stdout(&output)).unwrap();
     assert_eq!(preview["tenant"], env.id.as_str());
-    assert_eq!(addresses(&preview, "customer_admin"), [admin.clone()]);
+    assert_eq!(addresses(&preview, "customer_admin"), [admin.as_str()]);
     assert_eq!(
         addresses(&preview, "customer_invitee"),
         [format!("buyer@c1.{d}")]

@@ -1,0 +1,209 @@
+//! Which dead letters a command works on: ids, a filter, or all.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use clap::Args;
+
+use crate::cli::Usage;
+use crate::dead_letters::{DeadLetterKind, Filter, RecordId, Selection};
+
+/// Which dead letters: ids, or a filter whose every given field must match.
+#[derive(Debug, Args)]
+pub struct SelectionArgs {
+    /// Dead-letter ids, PARTITION:OFFSET (as `list` shows them).
+    #[arg(value_name = "ID")]
+    ids: Vec<String>,
+    /// The tenant named in the payload (a payload that is not JSON names none).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Why it was set aside, e.g. unknown_tenant.
+    #[arg(long)]
+    reason: Option<String>,
+    /// The topic it was read from, e.g. commerce.orders.
+    #[arg(long, value_name = "TOPIC")]
+    source_topic: Option<String>,
+    /// Set aside at or after TIME: RFC 3339, a date (UTC), or an age (30m, 2h, 7d).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Set aside before TIME: RFC 3339, a date (UTC), or an age (30m, 2h, 7d).
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Every dead letter; a replay needs ids, a filter or this.
+    #[arg(long)]
+    pub(super) all: bool,
+}
+
+impl SelectionArgs {
+    /// Checks the arguments; no ids and no filter select every record.
+    pub(super) fn parse(
+        &self,
+        kind: &dyn DeadLetterKind,
+        now: DateTime<Utc>,
+    ) -> Result<Selection, Usage> {
+        let filter = Filter {
+            tenant: self.tenant.clone(),
+            reason: self.reason.clone(),
+            source_topic: self.source_topic.clone(),
+            since: self
+                .since
+                .as_deref()
+                .map(|t| parse_time("--since", t, now))
+                .transpose()?,
+            until: self
+                .until
+                .as_deref()
+                .map(|t| parse_time("--until", t, now))
+                .transpose()?,
+        };
+        if let Some(reason) = &filter.reason
+            && !kind.reasons().contains(&reason.as_str())
+        {
+            return Err(Usage(format!(
+                "--reason '{reason}' is not a reason of dead-lettered {}; use one of {}",
+                kind.name(),
+                kind.reasons().join(", ")
+            )));
+        }
+        if let (Some(since), Some(until)) = (filter.since, filter.until)
+            && since >= until
+        {
+            return Err(Usage("--since must be before --until".into()));
+        }
+        let given = [!self.ids.is_empty(), !filter.is_empty(), self.all];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(Usage(
+                "give ids, a filter or --all, not two of them together".into(),
+            ));
+        }
+        if !self.ids.is_empty() {
+            let ids: Result<BTreeSet<RecordId>, String> =
+                self.ids.iter().map(|id| id.parse()).collect();
+            return Ok(Selection::Ids(ids.map_err(Usage)?));
+        }
+        if filter.is_empty() {
+            Ok(Selection::All)
+        } else {
+            Ok(Selection::Filter(filter))
+        }
+    }
+}
+
+/// An RFC 3339 time, a date (midnight UTC), or an age before `now`
+/// (`30m`, `2h`, `7d`).
+fn parse_time(flag: &str, raw: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Usage> {
+    if let Ok(time) = DateTime::parse_from_rfc3339(raw) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    if let Ok(date) = NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
+        return Ok(date.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
+    }
+    let age = raw
+        .char_indices()
+        .last()
+        .and_then(|(at, unit)| Some((raw[..at].parse::<i64>().ok()?, unit)))
+        .and_then(|(n, unit)| match unit {
+            's' => TimeDelta::try_seconds(n),
+            'm' => TimeDelta::try_minutes(n),
+            'h' => TimeDelta::try_hours(n),
+            'd' => TimeDelta::try_days(n),
+            _ => None,
+        });
+    match age {
+        Some(age) if age >= TimeDelta::zero() => Ok(now - age),
+        _ => Err(Usage(format!(
+            "{flag} '{raw}' is not a time; write 2026-12-03T10:00:00+09:00, 2026-12-03 or an \
+             age such as 30m, 2h, 7d"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dead_letters::EventDeadLetters;
+
+    const EVENTS: EventDeadLetters = EventDeadLetters;
+
+    fn now() -> DateTime<Utc> {
+        "2026-12-03T12:00:00Z".parse().expect("time")
+    }
+
+    fn time(raw: &str) -> DateTime<Utc> {
+        parse_time("--since", raw, now()).expect(raw)
+    }
+
+    #[test]
+    fn times_are_instants_dates_or_ages() {
+        assert_eq!(
+            time("2026-12-03T10:00:00+09:00"),
+            "2026-12-03T01:00:00Z".parse::<DateTime<Utc>>().expect("t")
+        );
+        assert_eq!(
+            time("2026-12-01"),
+            "2026-12-01T00:00:00Z".parse::<DateTime<Utc>>().expect("t")
+        );
+        assert_eq!(
+            time("90m"),
+            "2026-12-03T10:30:00Z".parse::<DateTime<Utc>>().expect("t")
+        );
+        assert_eq!(
+            time("2d"),
+            "2026-12-01T12:00:00Z".parse::<DateTime<Utc>>().expect("t")
+        );
+        for bad in ["yesterday", "2026-13-01", "5w", "-3h", ""] {
+            let err = parse_time("--since", bad, now()).unwrap_err();
+            assert!(
+                err.0.starts_with(&format!("--since '{bad}' is not a time")),
+                "{err}"
+            );
+        }
+    }
+
+    fn args(ids: &[&str]) -> SelectionArgs {
+        SelectionArgs {
+            ids: ids.iter().map(|id| id.to_string()).collect(),
+            tenant: None,
+            reason: None,
+            source_topic: None,
+            since: None,
+            until: None,
+            all: false,
+        }
+    }
+
+    #[test]
+    fn ids_filters_and_all_do_not_mix() {
+        let mut both = args(&["0:1"]);
+        both.tenant = Some("acme".into());
+        let err = both.parse(&EVENTS, now()).unwrap_err();
+        assert!(err.0.contains("not two of them together"), "{err}");
+        let ids = args(&["0:1", "1:7"]).parse(&EVENTS, now()).expect("ids");
+        assert_eq!(ids.to_string(), "0:1 1:7");
+        assert_eq!(
+            args(&[]).parse(&EVENTS, now()).expect("all"),
+            Selection::All
+        );
+    }
+
+    #[test]
+    fn an_unknown_reason_lists_the_known_ones() {
+        let mut bad = args(&[]);
+        bad.reason = Some("unknown_tennant".into());
+        let err = bad.parse(&EVENTS, now()).unwrap_err();
+        assert!(
+            err.0
+                .contains("use one of malformed_json, schema_violation"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn since_must_come_before_until() {
+        let mut range = args(&[]);
+        range.since = Some("1h".into());
+        range.until = Some("2h".into());
+        let err = range.parse(&EVENTS, now()).unwrap_err();
+        assert_eq!(err.0, "--since must be before --until");
+    }
+}
