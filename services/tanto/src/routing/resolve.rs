@@ -267,11 +267,11 @@ impl BatchData {
         let mut data = Self::default();
         for row in tenants {
             let pair = (row.get("tenant_id"), row.get("customer_id"));
-            let tenant = (
-                row.get("store_name"),
-                row.get("disabled_mails"),
-                row.get("customer_name"),
-            );
+            let tenant = TenantRow {
+                store_name: row.get("store_name"),
+                disabled_mails: row.get("disabled_mails"),
+                customer_name: row.get("customer_name"),
+            };
             data.tenants.insert(pair, tenant);
         }
         for row in products {
@@ -298,7 +298,11 @@ impl BatchData {
     /// The routing data of one event; `None` when its tenant is unknown.
     fn view(&self, event: &Event) -> Option<RoutingView> {
         let tenant = event.tenant_id.clone();
-        let (store_name, disabled_mails, customer_name) = self
+        let TenantRow {
+            store_name,
+            disabled_mails,
+            customer_name,
+        } = self
             .tenants
             .get(&(tenant.clone(), event.customer_id.clone()))?
             .clone();
