@@ -8,6 +8,7 @@ use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
@@ -153,6 +154,7 @@ pub fn read_to_end(
         .set("group.id", "tanto-reader")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
         .create()
         .context("Failed to create the Kafka consumer")?;
     let unreachable = || format!("the Kafka broker at {brokers} does not answer");
@@ -188,7 +190,15 @@ pub fn read_to_end(
         let Some(message) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
-        let message = message.with_context(|| format!("Failed to read {topic}"))?;
+        // The end of a partition can come before its high watermark when
+        // the last offsets hold no message (transaction markers).
+        let message = match message {
+            Err(KafkaError::PartitionEOF(partition)) => {
+                ends.remove(&partition);
+                continue;
+            }
+            other => other.with_context(|| format!("Failed to read {topic}"))?,
+        };
         let (partition, offset) = (message.partition(), message.offset());
         let Some(&end) = ends.get(&partition) else {
             continue;

@@ -258,9 +258,10 @@ impl fmt::Display for Selection {
     }
 }
 
-/// The records of `topic` that `selection` chooses, in partition and offset
-/// order. An id that names no record is an error, so a typo never shrinks a
-/// replay silently.
+/// The records of `topic` that `selection` chooses, in the order they were
+/// set aside (then by id), which is the order a replay republishes them in.
+/// An id that names no record is an error, so a typo never shrinks a replay
+/// silently.
 pub async fn read(
     brokers: &str,
     topic: &str,
@@ -280,7 +281,7 @@ pub async fn read(
         Ok::<_, anyhow::Error>(chosen)
     });
     let mut chosen = reading.await??;
-    chosen.sort_by_key(|letter| letter.id);
+    chosen.sort_by_key(|letter| (letter.failed_at, letter.id));
     if let Selection::Ids(ids) = selection {
         let found: BTreeSet<RecordId> = chosen.iter().map(|letter| letter.id).collect();
         let missing: Vec<String> = ids.difference(&found).map(ToString::to_string).collect();

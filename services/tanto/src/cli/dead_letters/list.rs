@@ -72,7 +72,7 @@ pub(super) async fn replayed_by(
 pub(super) fn letters_table(letters: &[DeadLetter], replayed: &BTreeMap<RecordId, i64>) -> String {
     let mut table = Table::new(&[
         "ID",
-        "SET ASIDE",
+        "SET ASIDE (UTC)",
         "REASON",
         "TENANT",
         "SOURCE",

@@ -47,30 +47,60 @@ pub(super) async fn replay_command(
     source: Source<'_>,
     args: ReplayArgs,
 ) -> anyhow::Result<()> {
+    let selection = checked_selection(source, &args)?;
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    if !args.dry_run && !args.yes && !interactive {
+        return Err(Usage("replaying needs --yes when not run from a terminal".into()).into());
+    }
+    let pool = connect(settings).await?;
+    let chosen = choose(settings, source, &selection).await?;
+    if args.dry_run {
+        let plan = replay::plan(&pool, source.kind, source.topic, chosen, args.force).await?;
+        return print_dry_run(source, &plan, args.json);
+    }
+
+    let lock = ReplayLock::acquire(&pool, source.topic).await?;
+    let run = Run {
+        settings,
+        pool: &pool,
+        source,
+        selection: &selection,
+        args: &args,
+        interactive,
+    };
+    let outcome = run.plan_confirm_and_replay(chosen).await;
+    lock.release().await?;
+    match outcome? {
+        Some(summary) => report(&summary, args.json),
+        None => say("nothing was replayed"),
+    }
+}
+
+/// The selection, refusing a replay of everything that was not asked for
+/// with --all.
+fn checked_selection(source: Source<'_>, args: &ReplayArgs) -> Result<Selection, Usage> {
+    if args.rate == 0 {
+        return Err(Usage("--rate must be at least 1 record per second".into()));
+    }
     let selection = args.selection.parse(source.kind, Utc::now())?;
     if selection == Selection::All && !args.selection.all {
         return Err(Usage(
             "say which dead letters to replay: ids, a filter (--tenant, --reason, \
              --source-topic, --since, --until) or --all"
                 .into(),
-        )
-        .into());
+        ));
     }
-    if args.rate == 0 {
-        return Err(Usage("--rate must be at least 1 record per second".into()).into());
-    }
-    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
-    if !args.dry_run && !args.yes && !interactive {
-        return Err(Usage("replaying needs --yes when not run from a terminal".into()).into());
-    }
-    let pool = connect(settings).await?;
-    let chosen = dead_letters::read(
-        &settings.kafka.brokers,
-        source.topic,
-        source.kind,
-        &selection,
-    )
-    .await?;
+    Ok(selection)
+}
+
+/// The dead letters the selection chooses; none is an error.
+async fn choose(
+    settings: &Settings,
+    source: Source<'_>,
+    selection: &Selection,
+) -> anyhow::Result<Vec<DeadLetter>> {
+    let brokers = &settings.kafka.brokers;
+    let chosen = dead_letters::read(brokers, source.topic, source.kind, selection).await?;
     if chosen.is_empty() {
         anyhow::bail!(
             "no dead letter on {} matches {selection}; `tanto dead-letters {} list` shows them",
@@ -78,82 +108,82 @@ pub(super) async fn replay_command(
             source.kind.name()
         );
     }
-    if args.dry_run {
-        let plan = replay::plan(&pool, source.kind, source.topic, chosen, args.force).await?;
-        return print_dry_run(source, &plan, args.json);
-    }
-    let lock = ReplayLock::acquire(&pool, source.topic).await?;
-    let outcome = replay_locked(
-        settings,
-        &pool,
-        source,
-        &selection,
-        &args,
-        chosen,
-        interactive,
-    )
-    .await;
-    lock.release().await?;
-    let Some(summary) = outcome? else {
-        return say("nothing was replayed");
-    };
-    if args.json {
-        print_json(&summary)?;
+    Ok(chosen)
+}
+
+/// Prints the summary; a run that did not finish is an error saying what
+/// to do next.
+fn report(summary: &Summary, json: bool) -> anyhow::Result<()> {
+    if json {
+        print_json(summary)?;
     } else {
-        say(&summary_line(&summary))?;
+        say(&summary_line(summary))?;
     }
+    let planned = summary.chosen - summary.skipped;
     match summary.status {
         RunStatus::Failed => anyhow::bail!(
-            "replay {} failed after {} of {}: {}; fix the cause and run the same command again",
+            "replay {} failed after {} of {planned}: {}; fix the cause and run the same command \
+             again",
             summary.replay_id,
             summary.replayed,
-            summary.chosen - summary.skipped,
             summary.error.as_deref().unwrap_or("unknown error")
         ),
         RunStatus::Interrupted => anyhow::bail!(
-            "replay {} was interrupted after {} of {}; run the same command again to replay the rest",
+            "replay {} was interrupted after {} of {planned}; run the same command again to \
+             replay the rest",
             summary.replay_id,
-            summary.replayed,
-            summary.chosen - summary.skipped
+            summary.replayed
         ),
         RunStatus::Finished | RunStatus::Running => Ok(()),
     }
 }
 
-/// Plans, confirms and runs a replay while the topic's lock is held;
-/// `None` when the operator declined.
-async fn replay_locked(
-    settings: &Settings,
-    pool: &Pool,
-    source: Source<'_>,
-    selection: &Selection,
-    args: &ReplayArgs,
-    chosen: Vec<DeadLetter>,
+/// A replay about to run, while the topic's lock is held.
+struct Run<'a> {
+    settings: &'a Settings,
+    pool: &'a Pool,
+    source: Source<'a>,
+    selection: &'a Selection,
+    args: &'a ReplayArgs,
     interactive: bool,
-) -> anyhow::Result<Option<Summary>> {
-    let plan = replay::plan(pool, source.kind, source.topic, chosen, args.force).await?;
-    if !args.yes && !plan.to_replay.is_empty() && !confirm(source, &plan, args.rate)? {
-        return Ok(None);
-    }
-    let actor = args.actor.clone().unwrap_or_else(os_user);
-    let request = Request {
-        kind: source.kind,
-        dead_letter_topic: source.topic,
-        selection,
-        actor: &actor,
-        force: args.force,
-        rate: args.rate,
-    };
-    let producer = crate::kafka::operator_producer(&settings.kafka.brokers, PUBLISH_TIMEOUT)?;
-    let progress = progress_bar(plan.to_replay.len(), interactive);
-    let interrupted = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+}
+
+impl Run<'_> {
+    /// Splits the chosen records by the audit, asks the operator, and
+    /// replays; `None` when the operator declined.
+    async fn plan_confirm_and_replay(
+        &self,
+        chosen: Vec<DeadLetter>,
+    ) -> anyhow::Result<Option<Summary>> {
+        let (source, args) = (self.source, self.args);
+        let plan = replay::plan(self.pool, source.kind, source.topic, chosen, args.force).await?;
+        if !args.yes && !plan.to_replay.is_empty() && !confirm(source, &plan, args.rate)? {
+            return Ok(None);
         }
-    };
-    let summary = replay::run(pool, &producer, &request, &plan, &progress, interrupted).await;
-    progress.finish_and_clear();
-    summary.map(Some)
+        let actor = args.actor.clone().unwrap_or_else(os_user);
+        let request = Request {
+            kind: source.kind,
+            dead_letter_topic: source.topic,
+            selection: self.selection,
+            actor: &actor,
+            force: args.force,
+            rate: args.rate,
+        };
+        let brokers = &self.settings.kafka.brokers;
+        let producer = crate::kafka::operator_producer(brokers, PUBLISH_TIMEOUT)?;
+        let progress = progress_bar(plan.to_replay.len(), self.interactive);
+        let summary = replay::run(self.pool, &producer, &request, &plan, &progress, ctrl_c()).await;
+        progress.finish_and_clear();
+        summary.map(Some)
+    }
+}
+
+/// Completes when the operator presses Ctrl-C (SIGINT); never, if the
+/// signal cannot be watched.
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 fn confirm(source: Source<'_>, plan: &Plan, rate: u32) -> anyhow::Result<bool> {
@@ -186,9 +216,8 @@ fn progress_bar(len: usize, interactive: bool) -> ProgressBar {
     if !interactive {
         return ProgressBar::hidden();
     }
-    let style =
-        ProgressStyle::with_template("{bar:40} {pos}/{len} replayed, {per_sec}, {eta} left")
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template("{bar:40} {pos}/{len} replayed, {eta} left")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
     ProgressBar::new(len as u64).with_style(style)
 }
 
@@ -257,7 +286,7 @@ fn print_dry_run(source: Source<'_>, plan: &Plan, json: bool) -> anyhow::Result<
         .collect();
     let mut all: Vec<DeadLetter> = plan.to_replay.clone();
     all.extend(plan.skipped.iter().map(|(letter, _)| letter.clone()));
-    all.sort_by_key(|letter| letter.id);
+    all.sort_by_key(|letter| (letter.failed_at, letter.id));
     say(&letters_table(&all, &replayed))?;
     say(&format!(
         "dry run: would replay {} of {} chosen dead letters on {}; {} skipped as replayed before \
