@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
-use tanto::config::{Settings, Topics};
+use tanto::config::{Settings, Topics, retry_topics};
 
 const ADMIN_DATABASE_URL: &str = "postgres://tanto:tanto@127.0.0.1:5432/tanto";
 const BROKERS: &str = "127.0.0.1:9092";
@@ -47,6 +47,8 @@ impl TestEnv {
             deliveries: format!("{id}.tanto.deliveries"),
             events_dlq: format!("{id}.tanto.events.dlq"),
             deliveries_dlq: format!("{id}.tanto.deliveries.dlq"),
+            // Three tiers, as by default; a test may use fewer.
+            deliveries_retry: retry_topics(&format!("{id}.tanto.deliveries.retry"), 3),
         };
         let env = Self {
             id,
@@ -90,6 +92,10 @@ impl TestEnv {
             ("TANTO_TOPIC_DELIVERIES", topics.deliveries.clone()),
             ("TANTO_TOPIC_EVENTS_DLQ", topics.events_dlq.clone()),
             ("TANTO_TOPIC_DELIVERIES_DLQ", topics.deliveries_dlq.clone()),
+            (
+                "TANTO_TOPIC_DELIVERIES_RETRY_PREFIX",
+                format!("{}.tanto.deliveries.retry", self.id),
+            ),
             (
                 "TANTO_MAIL_FROM",
                 format!("ACME <noreply@{}>", self.domain()),
