@@ -12,15 +12,24 @@
 //! the loop pauses the assigned partitions and keeps polling, so the
 //! consumer keeps its group membership; messages that were already fetched
 //! are kept for the next batch, not lost.
+//!
+//! A handler may say that a message must wait ([`Handler::not_before`], used
+//! by the mailer's retry tiers). The loop then holds that message's
+//! partition: it seeks the partition back to the message, pauses it, keeps
+//! polling the others, and resumes it at the due time, when the message is
+//! read again. Later messages of a held partition wait behind it, which is
+//! right for a topic written in due order.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
 
+use anyhow::Context;
 use futures::future::join_all;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::time::Instant;
 
 use crate::shutdown::Shutdown;
@@ -43,6 +52,12 @@ pub trait Handler {
         message: &OwnedMessage,
         shutdown: &Shutdown,
     ) -> impl Future<Output = anyhow::Result<Handled>>;
+
+    /// When `message` may be handled, if not at once. The loop holds it, and
+    /// every later message of its partition, until then.
+    fn not_before(&self, _message: &OwnedMessage) -> Option<SystemTime> {
+        None
+    }
 }
 
 /// How the loop groups messages.
@@ -88,13 +103,22 @@ async fn consume_until_shutdown<H: Handler>(
     batching: Batching,
 ) -> anyhow::Result<()> {
     let mut pending = Vec::new();
+    let mut held = Held::default();
     loop {
-        let Some(batch) = next_batch(consumer, &mut pending, shutdown, batching).await else {
+        held.release_due(consumer);
+        let batch = next_batch(consumer, &mut pending, &held, shutdown, batching).await;
+        let Some(batch) = batch else {
             return Ok(());
         };
+        let batch = held.hold_back(consumer, handler, batch)?;
+        if batch.is_empty() {
+            continue;
+        }
         let outcomes =
             handle_keeping_alive(consumer, handler, &batch, &mut pending, shutdown, batching);
         let outcomes = outcomes.await?;
+        // The keepalive resumes the whole assignment, held partitions too.
+        held.pause_again(consumer);
         store_finished(consumer, &batch, &outcomes);
         if outcomes.contains(&Handled::Interrupted) {
             return Ok(());
@@ -103,10 +127,12 @@ async fn consume_until_shutdown<H: Handler>(
 }
 
 /// Takes the next batch: messages kept from the last pause first, then
-/// whatever arrives within `max_wait` of the first. `None` on shutdown.
+/// whatever arrives within `max_wait` of the first. `None` on shutdown; an
+/// empty batch when a held partition is due before anything arrives.
 async fn next_batch(
     consumer: &StreamConsumer,
     pending: &mut Vec<OwnedMessage>,
+    held: &Held,
     shutdown: &Shutdown,
     batching: Batching,
 ) -> Option<Vec<OwnedMessage>> {
@@ -116,6 +142,7 @@ async fn next_batch(
         tokio::select! {
             biased;
             _ = shutdown.wait() => return None,
+            _ = held.next_release() => return Some(batch),
             message = receive(consumer) => batch.push(message),
         }
     }
@@ -251,6 +278,146 @@ fn store_finished(consumer: &StreamConsumer, batch: &[OwnedMessage], outcomes: &
             }
         }
     }
+}
+
+/// Partitions held back until their first unhandled message is due.
+#[derive(Debug, Default)]
+struct Held {
+    partitions: BTreeMap<(String, i32), Hold>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    /// The message that is not due yet; the partition is read again from it.
+    offset: i64,
+    until: Instant,
+}
+
+impl Held {
+    /// Takes out of `batch` every message that must wait: the first message
+    /// of a partition that is not due, and everything after it in that
+    /// partition. A message of a partition held already was fetched before
+    /// the pause or after a resume by someone else; the partition is sought
+    /// back again so that it is read again, not skipped.
+    fn hold_back<H: Handler>(
+        &mut self,
+        consumer: &StreamConsumer,
+        handler: &H,
+        batch: Vec<OwnedMessage>,
+    ) -> anyhow::Result<Vec<OwnedMessage>> {
+        let mut ready = Vec::with_capacity(batch.len());
+        let mut seek_again = BTreeSet::new();
+        for message in batch {
+            let partition = (message.topic().to_string(), message.partition());
+            if let Some(hold) = self.partitions.get(&partition) {
+                if message.offset() >= hold.offset {
+                    seek_again.insert(partition);
+                    continue;
+                }
+            } else if let Some(left) = handler.not_before(&message).and_then(time_left) {
+                tracing::debug!(
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    wait_ms = left.as_millis(),
+                    "partition held until its next record is due"
+                );
+                let hold = Hold {
+                    offset: message.offset(),
+                    until: Instant::now() + left,
+                };
+                self.partitions.insert(partition.clone(), hold);
+                seek_again.insert(partition);
+                continue;
+            }
+            ready.push(message);
+        }
+        for partition in seek_again {
+            self.seek_back(consumer, &partition)?;
+        }
+        Ok(ready)
+    }
+
+    /// Pauses a held partition and moves its position back to the held
+    /// message. If the partition was revoked meanwhile, its new owner reads
+    /// it from the committed offset, which is not past the held message.
+    fn seek_back(
+        &self,
+        consumer: &StreamConsumer,
+        partition: &(String, i32),
+    ) -> anyhow::Result<()> {
+        let Some(hold) = self.partitions.get(partition) else {
+            return Ok(());
+        };
+        let (topic, number) = (partition.0.as_str(), partition.1);
+        let list = one_partition(topic, number);
+        let result = consumer
+            .pause(&list)
+            .and_then(|()| consumer.seek(topic, number, Offset::Offset(hold.offset), SEEK_TIMEOUT));
+        match result {
+            Ok(()) => Ok(()),
+            Err(_) if !is_assigned(consumer, topic, number) => Ok(()),
+            // Reading on would skip the held message and, once a later offset
+            // is stored, lose it: stopping is the safe way out.
+            Err(err) => Err(err).with_context(|| {
+                format!(
+                    "Failed to hold back {topic} partition {number} at offset {}",
+                    hold.offset
+                )
+            }),
+        }
+    }
+
+    /// Pauses the held partitions again, after something resumed them.
+    fn pause_again(&self, consumer: &StreamConsumer) {
+        for (topic, number) in self.partitions.keys() {
+            // A revoked partition cannot be paused; there is nothing to hold.
+            let _ = consumer.pause(&one_partition(topic, *number));
+        }
+    }
+
+    /// Resumes the partitions whose held message is due.
+    fn release_due(&mut self, consumer: &StreamConsumer) {
+        let now = Instant::now();
+        self.partitions.retain(|(topic, number), hold| {
+            if hold.until > now {
+                return true;
+            }
+            // A revoked partition cannot be resumed; its new owner reads it.
+            let _ = consumer.resume(&one_partition(topic, *number));
+            false
+        });
+    }
+
+    /// Resolves when the first held partition is due; never if none is held.
+    async fn next_release(&self) {
+        match self.partitions.values().map(|hold| hold.until).min() {
+            Some(until) => tokio::time::sleep_until(until).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Bounds a seek, which librdkafka carries out on its own thread.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long until `time`, if it is in the future.
+fn time_left(time: SystemTime) -> Option<Duration> {
+    time.duration_since(SystemTime::now())
+        .ok()
+        .filter(|left| !left.is_zero())
+}
+
+fn one_partition(topic: &str, partition: i32) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    list
+}
+
+fn is_assigned(consumer: &StreamConsumer, topic: &str, partition: i32) -> bool {
+    consumer
+        .assignment()
+        .is_ok_and(|assignment| assignment.find_partition(topic, partition).is_some())
 }
 
 /// Flushes what the producer still holds (dropping it would purge it), then
