@@ -8,6 +8,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod mailer;
+pub mod smtp;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -33,6 +36,9 @@ pub struct TestEnv {
     pub database_url: String,
     pub topics: Topics,
     children: Vec<(String, Child)>,
+    /// Settings this test changes, on top of [`TestEnv::vars`].
+    overrides: Vec<(String, String)>,
+    starts: usize,
 }
 
 impl TestEnv {
@@ -55,6 +61,8 @@ impl TestEnv {
             database_url,
             topics,
             children: Vec::new(),
+            overrides: Vec::new(),
+            starts: 0,
         };
         let settings = env.settings();
         let pool = tanto::db::pool(&settings.database).unwrap();
@@ -104,7 +112,16 @@ impl TestEnv {
         ]
         .into_iter()
         .map(|(key, value)| (key.to_string(), value))
+        .filter(|(key, _)| !self.overrides.iter().any(|(changed, _)| changed == key))
+        .chain(self.overrides.iter().cloned())
         .collect()
+    }
+
+    /// Sets a `TANTO_*` variable for the binaries this test starts from now
+    /// on, replacing the default one if there is one.
+    pub fn set(&mut self, key: &str, value: impl Into<String>) {
+        self.overrides.retain(|(changed, _)| changed != key);
+        self.overrides.push((key.to_string(), value.into()));
     }
 
     /// The settings the binaries of this test run with.
@@ -114,7 +131,8 @@ impl TestEnv {
 
     /// Starts a long-running binary and waits until it logs that it is ready.
     pub fn start(&mut self, binary: &str) {
-        let log_path = log_dir().join(format!("{}-{binary}.log", self.id));
+        self.starts += 1;
+        let log_path = log_dir().join(format!("{}-{binary}-{}.log", self.id, self.starts));
         let log = std::fs::File::create(&log_path).unwrap();
         let child = self
             .command(binary)
@@ -125,6 +143,19 @@ impl TestEnv {
             .unwrap_or_else(|err| panic!("cannot start {binary}: {err} (run `make build`)"));
         self.children.push((binary.to_string(), child));
         wait_for_ready(binary, &log_path);
+    }
+
+    /// Kills a binary with SIGKILL, as a crash or an OOM kill would: no
+    /// shutdown path runs.
+    pub fn kill(&mut self, binary: &str) {
+        let index = self
+            .children
+            .iter()
+            .position(|(name, _)| name == binary)
+            .unwrap_or_else(|| panic!("{binary} is not running"));
+        let (_, mut child) = self.children.remove(index);
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     /// Runs the `tanto` CLI with this test's settings.
@@ -211,6 +242,8 @@ pub async fn publish_raw(topic: &str, key: &str, payload: &[u8]) {
 /// A mail as MailDev shows it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Mail {
+    #[serde(default)]
+    pub id: String,
     pub subject: String,
     #[serde(default)]
     pub text: String,
