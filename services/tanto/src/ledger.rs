@@ -247,13 +247,13 @@ impl Ledger {
     }
 
     /// Marks the delivery `sending` as attempt [`Begin::attempt`], if its
-    /// row is still as the decision saw it. Returns the attempt number, or
-    /// `None` if another handler changed the row first.
+    /// row is still as the decision saw it. Returns false if another handler
+    /// changed the row first.
     pub async fn begin_attempt(
         &self,
         delivery: &DeliveryMessage,
         begin: Begin,
-    ) -> anyhow::Result<Option<i32>> {
+    ) -> anyhow::Result<bool> {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(
@@ -267,8 +267,7 @@ impl Ledger {
                      replay_count = greatest(deliveries.replay_count, excluded.replay_count),
                      unknown_outcomes = deliveries.unknown_outcomes + $12,
                      last_attempt_at = now(), next_attempt_at = NULL, updated_at = now()
-                 WHERE deliveries.status = $13 AND deliveries.attempts = $14
-                 RETURNING attempts",
+                 WHERE deliveries.status = $13 AND deliveries.attempts = $14",
             )
             .await?;
         let identity = Identity::of(delivery);
@@ -277,11 +276,11 @@ impl Ledger {
         let attempts = begin.seen.map(|seen| seen.attempts);
         let mut params = identity.params();
         params.extend::<[Param<'_>; 3]>([&unknown, &status, &attempts]);
-        let row = client
-            .query_opt(&statement, &params)
+        let begun = client
+            .execute(&statement, &params)
             .await
             .context("Failed to record the start of a delivery attempt")?;
-        Ok(row.map(|row| row.get(0)))
+        Ok(begun == 1)
     }
 
     /// Records a delivery the server accepted, with what was sent.
@@ -308,12 +307,13 @@ impl Ledger {
     /// Records a failed attempt: `retrying`, `dead` or `unknown`, with the
     /// retry state its next record carries. The row is created if the
     /// attempt failed before it began (a template that does not render).
-    /// A row already `sent` is left alone.
+    /// A row already `sent` is left alone: returns false for it, since such
+    /// a delivery needs no retry or dead-letter record.
     pub async fn record_failure(
         &self,
         delivery: &DeliveryMessage,
         outcome: Outcome<'_>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(
@@ -369,11 +369,11 @@ impl Ledger {
             &text,
             &html,
         ]);
-        client
+        let written = client
             .execute(&statement, &params)
             .await
             .with_context(|| format!("Failed to record the delivery as {status}"))?;
-        Ok(())
+        Ok(written == 1)
     }
 
     /// Deletes rows that reached a final state (sent, dead, unknown) and did

@@ -48,9 +48,9 @@ use crate::delivery::DeliveryMessage;
 use crate::kafka::{self, DeadLetterHeaders};
 use crate::ledger::{self, Begin, Claim, HandOffTo, Ledger, Outcome, Seen, Status};
 use crate::render::{RenderedMail, Renderer};
-use crate::retry::{Earlier, Failure, RetryState, Schedule, Severity};
+use crate::retry::{Earlier, Failure, RetryState, Schedule, Severity, Tier};
 use crate::shutdown::Shutdown;
-use crate::smtp::{self, Sender};
+use crate::smtp::{self, Sender, Slot};
 
 /// The mailer's consumer group unless configured otherwise; retry tier `n`
 /// is read by the group `<group>-retry-<n>`.
@@ -223,9 +223,7 @@ impl Mailer {
                     earlier: &earlier,
                     number: seen.attempts,
                 };
-                let handed = self.record_failure(&attempt, &failure, None, shutdown);
-                let (to, state) = handed.await?;
-                self.hand_off(message, to, &state, shutdown).await
+                self.fail(&attempt, &failure, None, None, shutdown).await
             }
             Claim::Send(begin) => {
                 self.send(message, delivery, &earlier, begin, shutdown)
@@ -246,7 +244,7 @@ impl Mailer {
         shutdown: &Shutdown,
     ) -> Option<()> {
         let id = delivery.delivery_id;
-        let mut attempt = Attempt {
+        let attempt = Attempt {
             message,
             delivery,
             earlier,
@@ -255,22 +253,21 @@ impl Mailer {
         let (mail, email) = match self.prepare(delivery) {
             Prepared::Ready(mail, email) => (mail, email),
             Prepared::Failed(mail, failure) => {
-                let handed = self.record_failure(&attempt, &failure, mail.as_ref(), shutdown);
-                let (to, state) = handed.await?;
-                return self.hand_off(message, to, &state, shutdown).await;
+                return self
+                    .fail(&attempt, &failure, mail.as_ref(), None, shutdown)
+                    .await;
             }
         };
         let slot = self.sender.reserve().await;
         let begun = || self.ledger.begin_attempt(delivery, begin);
-        let Some(number) = consumer::retry("begin an attempt", shutdown, begun).await? else {
+        if !consumer::retry("begin an attempt", shutdown, begun).await? {
             tracing::debug!(delivery_id = %id, "another handler took the delivery; skipped");
             return Some(());
-        };
-        attempt.number = number;
+        }
         if begin.after_unknown {
             tracing::warn!(
                 delivery_id = %id,
-                attempt = number,
+                attempt = attempt.number,
                 "the previous send was cut short; its outcome is unknown; sending again"
             );
         }
@@ -281,10 +278,9 @@ impl Mailer {
                 consumer::retry("record a sent delivery", shutdown, record).await
             }
             Err(failure) => {
-                let handed = self.record_failure(&attempt, &failure, Some(&mail), shutdown);
-                let (to, state) = handed.await?;
-                drop(slot);
-                self.hand_off(message, to, &state, shutdown).await
+                let slot = Some(slot);
+                self.fail(&attempt, &failure, Some(&mail), slot, shutdown)
+                    .await
             }
         }
     }
@@ -305,40 +301,19 @@ impl Mailer {
         }
     }
 
-    /// Decides where a failed attempt goes next (the next retry tier, or the
-    /// dead-letter topic) and records that in the ledger. The retry or
-    /// dead-letter record itself is written afterwards by [`Self::hand_off`].
-    async fn record_failure(
+    /// Records a failed attempt and hands the delivery on, to the next
+    /// retry tier or to the dead-letter topic. The send slot, if the attempt
+    /// held one, is given back once the ledger no longer says `sending`.
+    async fn fail(
         &self,
         attempt: &Attempt<'_>,
         failure: &Failure,
         mail: Option<&RenderedMail>,
+        slot: Option<Slot<'_>>,
         shutdown: &Shutdown,
-    ) -> Option<(HandOffTo, RetryState)> {
-        let now = Utc::now();
-        let retry = match failure.severity {
-            Severity::Transient => true,
-            Severity::Unknown => self.unknown_outcome == UnknownOutcome::Resend,
-            Severity::Permanent => false,
-        };
-        let tier = self
-            .schedule
-            .after(attempt.message.topic())
-            .filter(|_| retry);
-        let (status, to) = match (tier, failure.severity) {
-            (Some(_), _) => (Status::Retrying, HandOffTo::Retry),
-            (None, Severity::Unknown) if !retry => (Status::Unknown, HandOffTo::DeadLetter),
-            (None, _) => (Status::Dead, HandOffTo::DeadLetter),
-        };
-        let state = RetryState {
-            attempts: attempt.number,
-            first_failed_at: attempt.earlier.first_failed_at.unwrap_or(now),
-            last_failed_at: now,
-            error_class: failure.class.to_string(),
-            error: failure.detail.clone(),
-            smtp_reply: failure.smtp_reply.clone(),
-            due_at: tier.map(|tier| now + tier.delay),
-        };
+    ) -> Option<()> {
+        let (status, tier) = self.next_step(attempt, failure);
+        let state = retry_state(attempt, failure, tier);
         let sender = self.sender.from().to_string();
         let outcome = Outcome {
             status,
@@ -349,9 +324,38 @@ impl Mailer {
             mail,
         };
         let record = || self.ledger.record_failure(attempt.delivery, outcome);
-        consumer::retry("record a failed attempt", shutdown, record).await?;
+        let recorded = consumer::retry("record a failed attempt", shutdown, record).await?;
+        drop(slot);
+        if !recorded {
+            // Another mailer sent it meanwhile (their partitions overlapped
+            // during a rebalance): there is nothing to hand on.
+            let id = attempt.delivery.delivery_id;
+            tracing::debug!(delivery_id = %id, "delivery sent meanwhile");
+            return Some(());
+        }
         log_failure(attempt, failure, status, tier.map(|tier| tier.number));
-        Some((to, state))
+        let to = match status {
+            Status::Retrying => HandOffTo::Retry,
+            _ => HandOffTo::DeadLetter,
+        };
+        self.hand_off(attempt.message, to, &state, shutdown).await
+    }
+
+    /// Where a failed attempt leaves the delivery: retrying on the next
+    /// tier while one is left and trying again can help, otherwise dead,
+    /// or held as unknown.
+    fn next_step(&self, attempt: &Attempt<'_>, failure: &Failure) -> (Status, Option<&Tier>) {
+        let retry = match failure.severity {
+            Severity::Transient => true,
+            Severity::Unknown => self.unknown_outcome == UnknownOutcome::Resend,
+            Severity::Permanent => false,
+        };
+        let tier = self.schedule.after(attempt.message.topic());
+        match (tier, failure.severity) {
+            (Some(tier), _) if retry => (Status::Retrying, Some(tier)),
+            (_, Severity::Unknown) if !retry => (Status::Unknown, None),
+            _ => (Status::Dead, None),
+        }
     }
 
     /// Writes the record that carries a failed delivery on: to the next
@@ -440,6 +444,20 @@ struct Attempt<'a> {
     delivery: &'a DeliveryMessage,
     earlier: &'a Earlier,
     number: i32,
+}
+
+/// The retry state after `attempt` failed; due after the delay of `tier`.
+fn retry_state(attempt: &Attempt<'_>, failure: &Failure, tier: Option<&Tier>) -> RetryState {
+    let now = Utc::now();
+    RetryState {
+        attempts: attempt.number,
+        first_failed_at: attempt.earlier.first_failed_at.unwrap_or(now),
+        last_failed_at: now,
+        error_class: failure.class.to_string(),
+        error: failure.detail.clone(),
+        smtp_reply: failure.smtp_reply.clone(),
+        due_at: tier.map(|tier| now + tier.delay),
+    }
 }
 
 /// The failure recorded for an attempt that a dead process left `sending`.
