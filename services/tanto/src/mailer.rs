@@ -29,7 +29,8 @@
 //!
 //! Records with the same key (the delivery id) in the same partition are
 //! handled in order; other records concurrently, with at most
-//! `TANTO_SMTP_CONNECTIONS` sends in flight.
+//! `TANTO_SMTP_CONNECTIONS` sends in flight. What an operator sees and does
+//! is in docs/mailer.md.
 
 use std::time::{Duration, SystemTime};
 
