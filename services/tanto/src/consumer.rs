@@ -308,10 +308,10 @@ impl Held {
         let mut ready = Vec::with_capacity(batch.len());
         let mut seek_again = BTreeSet::new();
         for message in batch {
-            let partition = (message.topic().to_string(), message.partition());
-            if let Some(hold) = self.partitions.get(&partition) {
+            let partition = || (message.topic().to_string(), message.partition());
+            if let Some(hold) = self.hold_of(&message) {
                 if message.offset() >= hold.offset {
-                    seek_again.insert(partition);
+                    seek_again.insert(partition());
                     continue;
                 }
             } else if let Some(left) = handler.not_before(&message).and_then(time_left) {
@@ -326,8 +326,8 @@ impl Held {
                     offset: message.offset(),
                     until: Instant::now() + left,
                 };
-                self.partitions.insert(partition.clone(), hold);
-                seek_again.insert(partition);
+                self.partitions.insert(partition(), hold);
+                seek_again.insert(partition());
                 continue;
             }
             ready.push(message);
@@ -336,6 +336,17 @@ impl Held {
             self.seek_back(consumer, &partition)?;
         }
         Ok(ready)
+    }
+
+    /// The hold of `message`'s partition, if it is held; found without
+    /// building a key, since most consumers never hold anything.
+    fn hold_of(&self, message: &OwnedMessage) -> Option<&Hold> {
+        self.partitions
+            .iter()
+            .find(|((topic, partition), _)| {
+                topic == message.topic() && *partition == message.partition()
+            })
+            .map(|(_, hold)| hold)
     }
 
     /// Pauses a held partition and moves its position back to the held
