@@ -8,6 +8,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod mailer;
+pub mod smtp;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -36,6 +39,8 @@ pub struct TestEnv {
     pub topics: Topics,
     children: Vec<(String, Child)>,
     http_ports: BTreeMap<String, u16>,
+    /// Settings this test changes, on top of [`TestEnv::vars`].
+    overrides: Vec<(String, String)>,
 }
 
 impl TestEnv {
@@ -50,6 +55,7 @@ impl TestEnv {
             topics,
             children: Vec::new(),
             http_ports: BTreeMap::new(),
+            overrides: Vec::new(),
         };
         let settings = env.settings();
         let pool = tanto::db::pool(&settings.database).unwrap();
@@ -88,6 +94,10 @@ impl TestEnv {
             ("TANTO_TOPIC_EVENTS_DLQ", topics.events_dlq.clone()),
             ("TANTO_TOPIC_DELIVERIES_DLQ", topics.deliveries_dlq.clone()),
             (
+                "TANTO_TOPIC_DELIVERIES_RETRY_PREFIX",
+                format!("{}.tanto.deliveries.retry", self.id),
+            ),
+            (
                 "TANTO_MAIL_FROM",
                 format!("ACME <noreply@{}>", self.domain()),
             ),
@@ -95,7 +105,16 @@ impl TestEnv {
         ]
         .into_iter()
         .map(|(key, value)| (key.to_string(), value))
+        .filter(|(key, _)| !self.overrides.iter().any(|(changed, _)| changed == key))
+        .chain(self.overrides.iter().cloned())
         .collect()
+    }
+
+    /// Sets a `TANTO_*` variable for the binaries this test starts from now
+    /// on, replacing the default one if there is one.
+    pub fn set(&mut self, key: &str, value: impl Into<String>) {
+        self.overrides.retain(|(changed, _)| changed != key);
+        self.overrides.push((key.to_string(), value.into()));
     }
 
     /// The settings the binaries of this test run with.
@@ -183,6 +202,19 @@ impl TestEnv {
     /// The consumer group this test's `binary` runs in.
     pub fn group(&self, binary: &str) -> String {
         format!("{}-{binary}", self.id)
+    }
+
+    /// Kills a binary with SIGKILL, as a crash or an OOM kill would: no
+    /// shutdown path runs.
+    pub fn kill(&mut self, binary: &str) {
+        let index = self
+            .children
+            .iter()
+            .position(|(name, _)| name == binary)
+            .unwrap_or_else(|| panic!("{binary} is not running"));
+        let (_, mut child) = self.children.remove(index);
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     /// Runs the `tanto` CLI with this test's settings.
@@ -304,6 +336,8 @@ pub async fn publish_raw(topic: &str, key: &str, payload: &[u8]) {
 /// A mail as MailDev shows it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Mail {
+    #[serde(default)]
+    pub id: String,
     pub subject: String,
     #[serde(default)]
     pub text: String,

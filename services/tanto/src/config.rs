@@ -30,6 +30,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "TANTO_TOPIC_DELIVERIES",
     "TANTO_TOPIC_EVENTS_DLQ",
     "TANTO_TOPIC_DELIVERIES_DLQ",
+    "TANTO_TOPIC_DELIVERIES_RETRY_PREFIX",
     "TANTO_TOPIC_PARTITIONS",
     "TANTO_CONSUMER_GROUP",
     "TANTO_SMTP_HOST",
@@ -39,6 +40,10 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "TANTO_SMTP_PASSWORD",
     "TANTO_SMTP_TIMEOUT_SECS",
     "TANTO_SMTP_CONNECTIONS",
+    "TANTO_SMTP_RATE_PER_SEC",
+    "TANTO_RETRY_DELAYS_SECS",
+    "TANTO_UNKNOWN_OUTCOME",
+    "TANTO_HISTORY_RETENTION_DAYS",
     "TANTO_MAIL_FROM",
     "TANTO_LOG",
     "TANTO_LOG_FORMAT",
@@ -55,6 +60,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub mail: MailSettings,
     pub smtp: SmtpSettings,
+    pub mailer: MailerSettings,
     pub telemetry: TelemetrySettings,
     /// How long a binary may take, after SIGTERM or SIGINT, to finish its
     /// in-flight work before it gives up and exits.
@@ -86,18 +92,26 @@ pub struct Topics {
     pub deliveries: String,
     pub events_dlq: String,
     pub deliveries_dlq: String,
+    /// The retry tiers of the mailer, first to last: one topic per delay of
+    /// `TANTO_RETRY_DELAYS_SECS`, named `<prefix>.1`, `<prefix>.2`, ...
+    pub deliveries_retry: Vec<String>,
 }
 
 impl Topics {
-    pub fn all(&self) -> [&str; 6] {
-        [
+    pub fn all(&self) -> Vec<&str> {
+        let fixed = [
             &self.orders,
             &self.contracts,
             &self.quotes,
             &self.deliveries,
             &self.events_dlq,
             &self.deliveries_dlq,
-        ]
+        ];
+        fixed
+            .into_iter()
+            .chain(&self.deliveries_retry)
+            .map(String::as_str)
+            .collect()
     }
 }
 
@@ -114,8 +128,14 @@ impl Topics {
             deliveries: name(&defaults.deliveries),
             events_dlq: name(&defaults.events_dlq),
             deliveries_dlq: name(&defaults.deliveries_dlq),
+            deliveries_retry: defaults.deliveries_retry.iter().map(|t| name(t)).collect(),
         }
     }
+}
+
+/// The retry tier topics under `prefix`, one per delay.
+pub fn retry_topics(prefix: &str, tiers: usize) -> Vec<String> {
+    (1..=tiers).map(|tier| format!("{prefix}.{tier}")).collect()
 }
 
 impl Default for Topics {
@@ -127,6 +147,7 @@ impl Default for Topics {
             deliveries: "tanto.deliveries".into(),
             events_dlq: "tanto.events.dlq".into(),
             deliveries_dlq: "tanto.deliveries.dlq".into(),
+            deliveries_retry: retry_topics(DEFAULT_RETRY_PREFIX, DEFAULT_RETRY_DELAYS_SECS.len()),
         }
     }
 }
@@ -158,6 +179,88 @@ pub struct SmtpSettings {
     pub timeout: Duration,
     /// At most this many mails are sent at once, each on its own connection.
     pub connections: usize,
+    /// At most this many mails per second leave for the relay, when set, so
+    /// that a relay's quota paces the mailer instead of failing its mails.
+    pub rate_per_sec: Option<f64>,
+}
+
+/// How the mailer retries, and how long it keeps what it sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MailerSettings {
+    /// The wait before each retry tier, first to last. A delivery is tried
+    /// once, then once per tier, then dead-lettered.
+    pub retry_delays: Vec<Duration>,
+    pub unknown_outcome: UnknownOutcome,
+    /// Ledger and history rows in a final state are deleted this long after
+    /// their last change. The ledger is what stops a delivery from being
+    /// sent twice, so this is also the window of that guarantee.
+    pub history_retention: Duration,
+}
+
+/// What the mailer does with a send whose outcome it cannot know (the
+/// process died, or the connection dropped, after the message data was
+/// written and before the server answered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownOutcome {
+    /// Send it again: a repeated notice costs less than a missed one.
+    Resend,
+    /// Set it aside on the dead-letter topic for an operator to decide.
+    Hold,
+}
+
+impl FromStr for UnknownOutcome {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "resend" => Ok(Self::Resend),
+            "hold" => Ok(Self::Hold),
+            other => Err(format!("expected resend or hold, got '{other}'")),
+        }
+    }
+}
+
+const DEFAULT_RETRY_PREFIX: &str = "tanto.deliveries.retry";
+/// Half a minute rides out a relay's brief hiccup, five minutes a restart,
+/// half an hour a short outage; what lasts longer needs an operator anyway.
+const DEFAULT_RETRY_DELAYS_SECS: [u64; 3] = [30, 300, 1800];
+
+/// A comma-separated list of whole seconds, each at least 1.
+#[derive(Debug)]
+struct Delays(Vec<Duration>);
+
+impl FromStr for Delays {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let delays = s
+            .split(',')
+            .map(|part| match part.trim().parse::<u64>() {
+                Ok(secs) if secs >= 1 => Ok(Duration::from_secs(secs)),
+                _ => Err(format!(
+                    "expected whole seconds of at least 1, separated by commas, got '{part}'"
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self(delays))
+    }
+}
+
+/// A number of mails per second greater than zero.
+#[derive(Debug)]
+struct Rate(f64);
+
+impl FromStr for Rate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.parse::<f64>() {
+            Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(Self(rate)),
+            _ => Err(format!(
+                "expected a number of mails per second above 0, got '{s}'"
+            )),
+        }
+    }
 }
 
 /// How the mailer secures its SMTP connection. There is deliberately no
@@ -236,6 +339,11 @@ impl Settings {
     /// Reads the settings from the given variables; only `TANTO_*` ones count.
     pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Self> {
         let vars = Vars::new(vars)?;
+        let retry_delays = match vars.optional_parsed::<Delays>("TANTO_RETRY_DELAYS_SECS")? {
+            Some(delays) => delays.0,
+            None => DEFAULT_RETRY_DELAYS_SECS.map(Duration::from_secs).to_vec(),
+        };
+        let retry_prefix = vars.string("TANTO_TOPIC_DELIVERIES_RETRY_PREFIX", DEFAULT_RETRY_PREFIX);
         let settings = Self {
             kafka: KafkaSettings {
                 brokers: vars.string("TANTO_KAFKA_BROKERS", "127.0.0.1:9092"),
@@ -247,6 +355,7 @@ impl Settings {
                     events_dlq: vars.string("TANTO_TOPIC_EVENTS_DLQ", "tanto.events.dlq"),
                     deliveries_dlq: vars
                         .string("TANTO_TOPIC_DELIVERIES_DLQ", "tanto.deliveries.dlq"),
+                    deliveries_retry: retry_topics(&retry_prefix, retry_delays.len()),
                 },
                 consumer_group: vars.optional("TANTO_CONSUMER_GROUP"),
                 topic_partitions: vars.parsed("TANTO_TOPIC_PARTITIONS", 3)?,
@@ -276,6 +385,17 @@ impl Settings {
                 password: vars.optional("TANTO_SMTP_PASSWORD").map(Secret::new),
                 timeout: vars.seconds("TANTO_SMTP_TIMEOUT_SECS", 30)?,
                 connections: vars.parsed("TANTO_SMTP_CONNECTIONS", 4)?,
+                rate_per_sec: vars
+                    .optional_parsed::<Rate>("TANTO_SMTP_RATE_PER_SEC")?
+                    .map(|rate| rate.0),
+            },
+            mailer: MailerSettings {
+                retry_delays,
+                unknown_outcome: vars.parsed("TANTO_UNKNOWN_OUTCOME", UnknownOutcome::Resend)?,
+                history_retention: Duration::from_secs(
+                    vars.parsed::<u64>("TANTO_HISTORY_RETENTION_DAYS", 90)?
+                        .saturating_mul(24 * 60 * 60),
+                ),
             },
             telemetry: TelemetrySettings {
                 filter: vars.string("TANTO_LOG", "info,rdkafka=warn"),
@@ -306,6 +426,15 @@ impl Settings {
         }
         if self.smtp.connections < 1 {
             bail!("TANTO_SMTP_CONNECTIONS must be at least 1");
+        }
+        let schedule: Duration = self.mailer.retry_delays.iter().sum();
+        if self.mailer.history_retention <= schedule {
+            bail!(
+                "TANTO_HISTORY_RETENTION_DAYS must be longer than the whole retry schedule \
+                 of TANTO_RETRY_DELAYS_SECS ({} s): a delivery still being retried must keep \
+                 its ledger row",
+                schedule.as_secs()
+            );
         }
         if self.database.pool_size < 1 {
             bail!("TANTO_DATABASE_POOL_SIZE must be at least 1");
@@ -358,6 +487,20 @@ impl Vars {
         self.0.get(key).filter(|value| !value.is_empty()).cloned()
     }
 
+    fn optional_parsed<T>(&self, key: &str) -> anyhow::Result<Option<T>>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        self.optional(key)
+            .map(|raw| {
+                raw.parse()
+                    .map_err(|err| anyhow::anyhow!("{err}"))
+                    .with_context(|| format!("{key} has an invalid value '{raw}'"))
+            })
+            .transpose()
+    }
+
     fn string(&self, key: &str, default: &str) -> String {
         self.optional(key).unwrap_or_else(|| default.to_string())
     }
@@ -368,20 +511,6 @@ impl Vars {
         T::Err: fmt::Display,
     {
         Ok(self.optional_parsed(key)?.unwrap_or(default))
-    }
-
-    fn optional_parsed<T>(&self, key: &str) -> anyhow::Result<Option<T>>
-    where
-        T: FromStr,
-        T::Err: fmt::Display,
-    {
-        let Some(raw) = self.optional(key) else {
-            return Ok(None);
-        };
-        let value = raw.parse().map_err(|err| anyhow::anyhow!("{err}"));
-        value
-            .map(Some)
-            .with_context(|| format!("{key} has an invalid value '{raw}'"))
     }
 
     fn seconds(&self, key: &str, default: u64) -> anyhow::Result<Duration> {
@@ -407,6 +536,101 @@ mod tests {
         assert_eq!(settings.kafka.topics, Topics::default());
         assert_eq!(settings.smtp.port, 1025);
         assert_eq!(settings.smtp.tls, SmtpTls::None);
+        assert_eq!(settings.smtp.rate_per_sec, None);
+    }
+
+    #[test]
+    fn the_default_retry_schedule_has_three_tiers_each_with_its_topic() {
+        let settings = Settings::from_vars(vars(&[])).expect("defaults");
+        let secs: Vec<u64> = settings
+            .mailer
+            .retry_delays
+            .iter()
+            .map(Duration::as_secs)
+            .collect();
+        assert_eq!(secs, [30, 300, 1800]);
+        assert_eq!(
+            settings.kafka.topics.deliveries_retry,
+            [
+                "tanto.deliveries.retry.1",
+                "tanto.deliveries.retry.2",
+                "tanto.deliveries.retry.3"
+            ]
+        );
+        assert!(
+            settings
+                .kafka
+                .topics
+                .all()
+                .contains(&"tanto.deliveries.retry.3")
+        );
+        assert_eq!(settings.mailer.unknown_outcome, UnknownOutcome::Resend);
+        assert_eq!(
+            settings.mailer.history_retention,
+            Duration::from_secs(90 * 24 * 60 * 60)
+        );
+    }
+
+    #[test]
+    fn the_retry_tiers_follow_the_configured_delays_and_prefix() {
+        let settings = Settings::from_vars(vars(&[
+            ("TANTO_RETRY_DELAYS_SECS", "1, 2"),
+            ("TANTO_TOPIC_DELIVERIES_RETRY_PREFIX", "t.retry"),
+            ("TANTO_UNKNOWN_OUTCOME", "hold"),
+            ("TANTO_SMTP_RATE_PER_SEC", "2.5"),
+        ]))
+        .expect("settings");
+        assert_eq!(
+            settings.mailer.retry_delays,
+            [Duration::from_secs(1), Duration::from_secs(2)]
+        );
+        assert_eq!(
+            settings.kafka.topics.deliveries_retry,
+            ["t.retry.1", "t.retry.2"]
+        );
+        assert_eq!(settings.mailer.unknown_outcome, UnknownOutcome::Hold);
+        assert_eq!(settings.smtp.rate_per_sec, Some(2.5));
+    }
+
+    #[test]
+    fn bad_mailer_settings_name_their_variable() {
+        for (key, value, expected) in [
+            (
+                "TANTO_RETRY_DELAYS_SECS",
+                "30,,60",
+                "whole seconds of at least 1",
+            ),
+            (
+                "TANTO_RETRY_DELAYS_SECS",
+                "0",
+                "whole seconds of at least 1",
+            ),
+            ("TANTO_UNKNOWN_OUTCOME", "maybe", "expected resend or hold"),
+            ("TANTO_SMTP_RATE_PER_SEC", "0", "mails per second above 0"),
+            ("TANTO_HISTORY_RETENTION_DAYS", "-1", "invalid digit"),
+        ] {
+            let err = Settings::from_vars(vars(&[(key, value)])).unwrap_err();
+            let message = format!("{err:#}");
+            assert!(
+                message.starts_with(&format!("{key} has an invalid value")),
+                "{message}"
+            );
+            assert!(message.contains(expected), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_retention_shorter_than_the_retry_schedule_is_refused() {
+        let err = Settings::from_vars(vars(&[
+            ("TANTO_HISTORY_RETENTION_DAYS", "1"),
+            ("TANTO_RETRY_DELAYS_SECS", "86400,3600"),
+        ]))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("TANTO_HISTORY_RETENTION_DAYS must be longer than the whole retry"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -13,14 +13,23 @@
 //! consumer keeps its group membership; messages that were already fetched
 //! are kept for the next batch, not lost.
 //!
+//! A handler may say that a message must wait ([`Handler::not_before`], used
+//! by the mailer's retry tiers). The loop then holds that message's
+//! partition: it seeks the partition back to the message, pauses it, keeps
+//! polling the others, and resumes it at the due time, when the message is
+//! read again. Later messages of a held partition wait behind it, which is
+//! right for a topic written in due order.
+//!
 //! A consumer that silently stops fetching is a known failure of the client
 //! library. A watchdog compares progress with the lag librdkafka reports in
 //! its statistics: no message for `stall_after` while messages are waiting
 //! means the consumer is stuck, and it is replaced by a new one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
 
 use futures::future::join_all;
 use rdkafka::Message;
@@ -29,6 +38,7 @@ use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::time::Instant;
 
 use crate::shutdown::Shutdown;
@@ -62,6 +72,12 @@ pub trait Handler {
         shutdown: &Shutdown,
     ) -> impl Future<Output = anyhow::Result<Vec<Handled>>> {
         handle_in_chains(self, batch, shutdown)
+    }
+
+    /// When `message` may be handled, if not at once. The loop holds it, and
+    /// every later message of its partition, until then.
+    fn not_before(&self, _message: &OwnedMessage) -> Option<SystemTime> {
+        None
     }
 }
 
@@ -101,7 +117,17 @@ pub struct LagView(Arc<Mutex<HashMap<(String, i32), i64>>>);
 impl LagView {
     /// Messages waiting in all assigned partitions.
     pub fn total(&self) -> i64 {
-        self.0.lock().map(|lag| lag.values().sum()).unwrap_or(0)
+        self.total_except(|_, _| false)
+    }
+
+    /// Messages waiting in the assigned partitions that `skip` does not
+    /// name.
+    pub fn total_except(&self, skip: impl Fn(&str, i32) -> bool) -> i64 {
+        let Ok(lag) = self.0.lock() else { return 0 };
+        lag.iter()
+            .filter(|((topic, partition), _)| !skip(topic, *partition))
+            .map(|(_, lag)| lag)
+            .sum()
     }
 
     /// (topic, partition, lag) of every assigned partition, sorted.
@@ -235,15 +261,27 @@ async fn consume_until_stopped<H: Handler>(
 ) -> anyhow::Result<Ended> {
     let mut pending = Vec::new();
     let mut watchdog = Watchdog::new(batching.stall_after);
+    let mut held = Held::default();
     loop {
-        let batch =
-            match next_batch(consumer, &mut pending, shutdown, batching, &mut watchdog).await {
-                Ok(batch) => batch,
-                Err(ended) => return Ok(ended),
-            };
+        held.release_due(consumer);
+        let waiting = Waiting {
+            shutdown,
+            held: &held,
+            watchdog: &mut watchdog,
+        };
+        let batch = match next_batch(consumer, &mut pending, waiting, batching).await {
+            Ok(batch) => batch,
+            Err(ended) => return Ok(ended),
+        };
+        let batch = held.hold_back(consumer, handler, batch)?;
+        if batch.is_empty() {
+            continue;
+        }
         let outcomes =
             handle_keeping_alive(consumer, handler, &batch, &mut pending, shutdown, batching);
         let outcomes = outcomes.await?;
+        // The keepalive resumes the whole assignment, held partitions too.
+        held.pause_again(consumer);
         store_finished(consumer, &batch, &outcomes);
         if outcomes.contains(&Handled::Interrupted) {
             return Ok(Ended::Shutdown);
@@ -282,31 +320,45 @@ impl Watchdog {
     }
 }
 
+/// What the wait for a batch's first message watches besides the broker.
+struct Waiting<'a> {
+    shutdown: &'a Shutdown,
+    held: &'a Held,
+    watchdog: &'a mut Watchdog,
+}
+
 /// Takes the next batch: messages kept from the last pause first, then
 /// whatever arrives within `max_wait` of the first. While it waits for the
-/// first message, it asks the watchdog; it ends on shutdown or a stall.
+/// first message, it asks the watchdog; it ends on shutdown or a stall. An
+/// empty batch means a held partition is due before anything arrived.
 async fn next_batch(
     consumer: &TantoConsumer,
     pending: &mut Vec<OwnedMessage>,
-    shutdown: &Shutdown,
+    waiting: Waiting<'_>,
     batching: Batching,
-    watchdog: &mut Watchdog,
 ) -> Result<Vec<OwnedMessage>, Ended> {
+    let Waiting {
+        shutdown,
+        held,
+        watchdog,
+    } = waiting;
     let take = pending.len().min(batching.max_messages);
     let mut batch: Vec<OwnedMessage> = pending.drain(..take).collect();
-    let mut check = tokio::time::interval(
-        batching
-            .stall_after
-            .div_f32(4.0)
-            .max(Duration::from_millis(100)),
-    );
+    let every = batching
+        .stall_after
+        .div_f32(4.0)
+        .max(Duration::from_millis(100));
+    let mut check = tokio::time::interval(every);
     while batch.is_empty() {
         tokio::select! {
             biased;
             _ = shutdown.wait() => return Err(Ended::Shutdown),
+            _ = held.next_release() => return Ok(batch),
             message = receive(consumer) => batch.push(message),
             _ = check.tick() => {
-                if watchdog.stalled(consumer.context().lag.total()) {
+                // A held partition has messages waiting on purpose.
+                let lag = consumer.context().lag.total_except(|t, p| held.holds(t, p));
+                if watchdog.stalled(lag) {
                     return Err(Ended::Stalled);
                 }
             }
@@ -462,6 +514,160 @@ fn finished_prefixes<'a>(
         }
     }
     finished
+}
+
+/// Partitions held back until their first unhandled message is due.
+#[derive(Debug, Default)]
+struct Held {
+    partitions: BTreeMap<(String, i32), Hold>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    /// The message that is not due yet; the partition is read again from it.
+    offset: i64,
+    until: Instant,
+}
+
+impl Held {
+    /// Takes out of `batch` every message that must wait: the first message
+    /// of a partition that is not due, and everything after it in that
+    /// partition. A message of a partition held already was fetched before
+    /// the pause or after a resume by someone else; the partition is sought
+    /// back again so that it is read again, not skipped.
+    fn hold_back<H: Handler>(
+        &mut self,
+        consumer: &TantoConsumer,
+        handler: &H,
+        batch: Vec<OwnedMessage>,
+    ) -> anyhow::Result<Vec<OwnedMessage>> {
+        let mut ready = Vec::with_capacity(batch.len());
+        let mut seek_again = BTreeSet::new();
+        for message in batch {
+            let partition = || (message.topic().to_string(), message.partition());
+            if let Some(hold) = self.hold_of(&message) {
+                if message.offset() >= hold.offset {
+                    seek_again.insert(partition());
+                    continue;
+                }
+            } else if let Some(left) = handler.not_before(&message).and_then(time_left) {
+                tracing::debug!(
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    wait_ms = left.as_millis(),
+                    "partition held until its next record is due"
+                );
+                let hold = Hold {
+                    offset: message.offset(),
+                    until: Instant::now() + left,
+                };
+                self.partitions.insert(partition(), hold);
+                seek_again.insert(partition());
+                continue;
+            }
+            ready.push(message);
+        }
+        for partition in seek_again {
+            self.seek_back(consumer, &partition)?;
+        }
+        Ok(ready)
+    }
+
+    /// The hold of `message`'s partition, if it is held; found without
+    /// building a key, since most consumers never hold anything.
+    fn hold_of(&self, message: &OwnedMessage) -> Option<&Hold> {
+        self.partitions
+            .iter()
+            .find(|((topic, partition), _)| {
+                topic == message.topic() && *partition == message.partition()
+            })
+            .map(|(_, hold)| hold)
+    }
+
+    /// Pauses a held partition and moves its position back to the held
+    /// message. If the partition was revoked meanwhile, its new owner reads
+    /// it from the committed offset, which is not past the held message.
+    fn seek_back(&self, consumer: &TantoConsumer, partition: &(String, i32)) -> anyhow::Result<()> {
+        let Some(hold) = self.partitions.get(partition) else {
+            return Ok(());
+        };
+        let (topic, number) = (partition.0.as_str(), partition.1);
+        let list = one_partition(topic, number);
+        let result = consumer
+            .pause(&list)
+            .and_then(|()| consumer.seek(topic, number, Offset::Offset(hold.offset), SEEK_TIMEOUT));
+        match result {
+            Ok(()) => Ok(()),
+            Err(_) if !is_assigned(consumer, topic, number) => Ok(()),
+            // Reading on would skip the held message and, once a later offset
+            // is stored, lose it: stopping is the safe way out.
+            Err(err) => Err(err).with_context(|| {
+                format!(
+                    "Failed to hold back {topic} partition {number} at offset {}",
+                    hold.offset
+                )
+            }),
+        }
+    }
+
+    /// Pauses the held partitions again, after something resumed them.
+    fn pause_again(&self, consumer: &TantoConsumer) {
+        for (topic, number) in self.partitions.keys() {
+            // A revoked partition cannot be paused; there is nothing to hold.
+            let _ = consumer.pause(&one_partition(topic, *number));
+        }
+    }
+
+    /// Resumes the partitions whose held message is due.
+    fn release_due(&mut self, consumer: &TantoConsumer) {
+        let now = Instant::now();
+        self.partitions.retain(|(topic, number), hold| {
+            if hold.until > now {
+                return true;
+            }
+            // A revoked partition cannot be resumed; its new owner reads it.
+            let _ = consumer.resume(&one_partition(topic, *number));
+            false
+        });
+    }
+
+    /// Whether a partition is held.
+    fn holds(&self, topic: &str, partition: i32) -> bool {
+        self.partitions
+            .keys()
+            .any(|(t, p)| t == topic && *p == partition)
+    }
+
+    /// Resolves when the first held partition is due; never if none is held.
+    async fn next_release(&self) {
+        match self.partitions.values().map(|hold| hold.until).min() {
+            Some(until) => tokio::time::sleep_until(until).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Bounds a seek, which librdkafka carries out on its own thread.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long until `time`, if it is in the future.
+fn time_left(time: SystemTime) -> Option<Duration> {
+    time.duration_since(SystemTime::now())
+        .ok()
+        .filter(|left| !left.is_zero())
+}
+
+fn one_partition(topic: &str, partition: i32) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    list
+}
+
+fn is_assigned(consumer: &TantoConsumer, topic: &str, partition: i32) -> bool {
+    consumer
+        .assignment()
+        .is_ok_and(|assignment| assignment.find_partition(topic, partition).is_some())
 }
 
 /// Commits the stored offsets so the next owner of the partitions starts

@@ -3,9 +3,10 @@
 //! Transaction events arrive on Kafka; the notifiers ([`notifier`]) resolve
 //! who is in charge from the routing data in Postgres ([`routing`]) and write
 //! one delivery message per recipient address ([`delivery`]); the mailer
-//! ([`mailer`]) renders ([`render`]) and sends ([`smtp`]) each one, keeping
-//! the ledger and send history ([`ledger`]). The binaries are thin wrappers
-//! around [`app`] and [`cli`].
+//! ([`mailer`]) renders ([`render`]) and sends ([`smtp`]) each one, retries
+//! what failed for now through retry tiers ([`retry`]), and keeps the ledger
+//! and send history ([`ledger`]). The binaries are thin wrappers around
+//! [`app`] and [`cli`].
 
 pub mod app;
 pub mod audit;
@@ -26,6 +27,7 @@ pub mod notifier;
 pub mod preview;
 pub mod render;
 pub mod replay;
+pub mod retry;
 pub mod routing;
 pub mod shutdown;
 pub mod smtp;
