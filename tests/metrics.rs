@@ -74,6 +74,14 @@ async fn the_notifier_counts_events_deliveries_and_what_reached_nobody() {
     );
     assert!(env.metric(notifier, "process_resident_memory_bytes").await > 0.0);
 
+    let waiting = "tanto_dead_letters_waiting{kind=\"events\"}";
+    eventually(
+        "the set-aside event counted as waiting",
+        Duration::from_secs(20),
+        || async { env.metric(notifier, waiting).await == 1.0 },
+    )
+    .await;
+
     assert_eq!(env.http_get(notifier, "/healthz").await.0, 200);
     assert_eq!(
         env.http_get(notifier, "/readyz").await,
@@ -97,4 +105,75 @@ async fn consumer_lag_is_reported_per_partition() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_mailer_counts_mails_sent_and_their_timings() {
+    let mut env = TestEnv::new().await;
+    env.apply(&standard_routing(&env));
+    env.start("order-notifier");
+    env.start("mailer");
+
+    let order = event(&env.id, "order.applied", &["P-100"]);
+    publish_raw(&env.topics.orders, "O-1", order.to_string().as_bytes()).await;
+    tanto_e2e::wait_for_mails(&env.domain(), 6).await;
+
+    let mailer = "mailer";
+    let sent = |mail: &str| format!("tanto_mails_sent_total{{mail=\"{mail}\"}}");
+    assert_eq!(env.metric(mailer, &sent("5-1-1")).await, 2.0);
+    assert_eq!(env.metric(mailer, &sent("5-1-2")).await, 4.0);
+    for histogram in [
+        "tanto_render_duration_seconds_count",
+        "tanto_smtp_send_duration_seconds_count",
+        "tanto_event_to_smtp_seconds_count",
+    ] {
+        assert_eq!(env.metric(mailer, histogram).await, 6.0, "{histogram}");
+    }
+    assert_eq!(
+        env.metric(mailer, "tanto_mails_dead_lettered_total").await,
+        0.0
+    );
+    assert_eq!(env.http_get(mailer, "/readyz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_mailer_counts_retries_by_tier_and_dead_letters_by_class() {
+    let mut env = TestEnv::new().await;
+    env.apply(&standard_routing(&env));
+    // Nothing listens on this port: every attempt fails to connect.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    env.set("TANTO_SMTP_PORT", closed.to_string());
+    env.set("TANTO_RETRY_DELAYS_SECS", "1");
+    env.start("order-notifier");
+    env.start("mailer");
+
+    let order = event(&env.id, "order.applied", &["P-100"]);
+    publish_raw(&env.topics.orders, "O-1", order.to_string().as_bytes()).await;
+
+    let mailer = "mailer";
+    let dead = "tanto_mails_dead_lettered_total{error_class=\"connection\"}";
+    eventually("all six dead-lettered", Duration::from_secs(60), || async {
+        env.metric(mailer, dead).await == 6.0
+    })
+    .await;
+    assert_eq!(
+        env.metric(mailer, "tanto_mails_retried_total{tier=\"1\"}")
+            .await,
+        6.0
+    );
+    assert_eq!(env.metric(mailer, "tanto_mails_sent_total").await, 0.0);
+    let waiting = "tanto_dead_letters_waiting{kind=\"deliveries\"}";
+    eventually(
+        "the dead deliveries counted as waiting",
+        Duration::from_secs(20),
+        || async { env.metric(mailer, waiting).await == 6.0 },
+    )
+    .await;
+    let (status, body) = env.http_get(mailer, "/readyz").await;
+    assert_eq!(status, 503, "the relay is unreachable: {body}");
+    assert!(body.contains("smtp"), "{body}");
 }

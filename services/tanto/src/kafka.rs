@@ -212,3 +212,19 @@ pub fn read_to_end(
     }
     Ok(())
 }
+
+/// The number of records `topic` holds now, summed over its partitions.
+/// Blocking: it asks the broker for metadata and watermarks.
+pub fn topic_size<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+) -> anyhow::Result<i64> {
+    let timeout = Duration::from_secs(5);
+    let metadata = client.fetch_metadata(Some(topic), timeout)?;
+    let mut size = 0;
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (low, high) = client.fetch_watermarks(topic, partition.id(), timeout)?;
+        size += high - low;
+    }
+    Ok(size)
+}

@@ -59,6 +59,10 @@ use crate::smtp::{self, Sender, Slot};
 /// is read by the group `<group>-retry-<n>`.
 pub const DEFAULT_GROUP: &str = "tanto-mailer";
 
+/// How often the dead letters waiting are counted: often enough for an
+/// alert, rarely enough that the count costs nothing.
+const DEAD_LETTER_COUNT_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How long a produce may wait for room in the producer's queue.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -167,7 +171,7 @@ async fn consume(
 }
 
 /// Keeps `tanto_dead_letters_waiting{kind="deliveries"}` at the number of
-/// deliveries the ledger holds as dead or unknown, every half minute.
+/// deliveries the ledger holds as dead or unknown, every ten seconds.
 async fn count_dead_letters(ledger: &Ledger, shutdown: &Shutdown) {
     loop {
         match ledger.count_set_aside().await {
@@ -179,7 +183,7 @@ async fn count_dead_letters(ledger: &Ledger, shutdown: &Shutdown) {
         }
         tokio::select! {
             _ = shutdown.wait() => return,
-            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = tokio::time::sleep(DEAD_LETTER_COUNT_INTERVAL) => {}
         }
     }
 }

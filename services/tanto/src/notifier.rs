@@ -22,7 +22,7 @@ use anyhow::Context;
 use futures::future::try_join_all;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::catalog::Catalog;
 use crate::config::Settings;
@@ -35,6 +35,10 @@ use crate::metrics::metrics;
 use crate::routing::{Routed, Router, record};
 use crate::shutdown::Shutdown;
 
+/// How often the dead letters waiting are counted: often enough for an
+/// alert, rarely enough that the count costs nothing.
+const DEAD_LETTER_COUNT_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How long a produce may wait for room in the producer's queue.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -46,21 +50,34 @@ pub async fn run(settings: &Settings, family: Family, shutdown: Shutdown) -> any
         Family::Contract => &topics.contracts,
         Family::Quote => &topics.quotes,
     };
-    let group = settings
-        .kafka
-        .consumer_group
-        .clone()
-        .unwrap_or_else(|| default_group(family));
     let catalog = Catalog::load(&settings.mail.catalog)?;
     metrics().init_notifier(source, &catalog, family);
-    let pool = crate::db::pool(&settings.database)?;
     let notifier = Notifier {
         family,
-        router: Router::new(pool, catalog),
+        router: Router::new(crate::db::pool(&settings.database)?, catalog),
         producer: kafka::producer(&settings.kafka.brokers)?,
         deliveries_topic: topics.deliveries.clone(),
         dead_letter_topic: topics.events_dlq.clone(),
     };
+    serve_http(settings, family, &notifier, &shutdown).await?;
+    let consuming = async {
+        let consumed = consume(settings, family, source, &notifier, &shutdown).await;
+        // The dead-letter count below runs until shutdown; so must an error.
+        shutdown.trigger();
+        consumed
+    };
+    let (consumed, ()) = tokio::join!(consuming, count_dead_letters(&notifier, shutdown.clone()));
+    consumed
+}
+
+/// `/metrics`, `/healthz`, and `/readyz` checking the database and broker,
+/// on the family's own default port.
+async fn serve_http(
+    settings: &Settings,
+    family: Family,
+    notifier: &Notifier,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
     let checks = vec![
         http::database_check(notifier.router.pool().clone()),
         http::broker_check(notifier.producer.clone()),
@@ -73,7 +90,22 @@ pub async fn run(settings: &Settings, family: Family, shutdown: Shutdown) -> any
     let addr = settings
         .http_addr
         .unwrap_or(SocketAddr::from(([127, 0, 0, 1], port)));
-    http::spawn(addr, checks, shutdown.clone()).await?;
+    http::spawn(addr, checks, shutdown.clone()).await
+}
+
+/// Consumes `source` until shutdown, replacing a stuck consumer.
+async fn consume(
+    settings: &Settings,
+    family: Family,
+    source: &str,
+    notifier: &Notifier,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let group = settings
+        .kafka
+        .consumer_group
+        .clone()
+        .unwrap_or_else(|| default_group(family));
     let connect = || {
         let consumer = kafka::consumer(
             &settings.kafka.brokers,
@@ -92,13 +124,48 @@ pub async fn run(settings: &Settings, family: Family, shutdown: Shutdown) -> any
     consumer::consume(
         connect,
         &notifier.producer,
-        &notifier,
-        &shutdown,
+        notifier,
+        shutdown,
         batching,
         deadline,
     )
     .await?;
     Ok(())
+}
+
+/// Keeps `tanto_dead_letters_waiting{kind="events"}` at the number of
+/// records on the event dead-letter topic that no operator has replayed,
+/// every ten seconds. Every notifier reports the same topic.
+async fn count_dead_letters(notifier: &Notifier, shutdown: Shutdown) {
+    loop {
+        match dead_letters_waiting(notifier).await {
+            Ok(waiting) => metrics()
+                .dead_letters_waiting
+                .with_label_values(&["events"])
+                .set(waiting),
+            Err(err) => tracing::debug!(error = format!("{err:#}"), "cannot count dead letters"),
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(DEAD_LETTER_COUNT_INTERVAL) => {}
+        }
+    }
+}
+
+async fn dead_letters_waiting(notifier: &Notifier) -> anyhow::Result<i64> {
+    let topic = notifier.dead_letter_topic.clone();
+    let producer = notifier.producer.clone();
+    let on_topic =
+        tokio::task::spawn_blocking(move || kafka::topic_size(producer.client(), &topic));
+    let client = notifier.router.pool().get().await?;
+    let replayed = client
+        .query_one(
+            "SELECT count(DISTINCT (dead_letter_partition, dead_letter_offset))
+             FROM replayed_records WHERE dead_letter_topic = $1",
+            &[&notifier.dead_letter_topic],
+        )
+        .await?;
+    Ok((on_topic.await?? - replayed.get::<_, i64>(0)).max(0))
 }
 
 /// The consumer group of a family's notifier unless configured otherwise.
