@@ -2,6 +2,8 @@
 //! baselines measured in the same run, alternating, and writes the figures
 //! as a markdown table (docs/benchmarks.md). Run it with `make bench`.
 
+mod latency;
+mod mailer;
 mod notifier;
 mod routing;
 mod setup;
@@ -36,9 +38,11 @@ const NOTIFIER_TARGET: f64 = 0.85;
 /// Routing time with a million rows may be at most this many times the
 /// time with a hundred.
 const ROUTING_FLATNESS_TARGET: f64 = 1.2;
+/// The mailer's target: this share of the sink's ceiling.
+const MAILER_TARGET: f64 = 0.5;
 const RSS_TARGET_BYTES: u64 = 64 * 1024 * 1024;
 
-#[tokio::main]
+#[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let payload_size = delivery_size(&args)?;
@@ -48,6 +52,16 @@ async fn main() -> anyhow::Result<()> {
     report.notifier(args.events, &ceilings, &notifiers);
     let (small, large, rows) = routing_sizes(&args).await?;
     report.routing(&small, &large, rows);
+    let mailers = mailer_rounds(&args).await?;
+    report.mailer(args.events, &mailers);
+    let notifier_rate = median(notifiers.iter().map(|r| r.events_per_second).collect());
+    let mailer_rate = median(mailers.tanto.iter().map(|r| r.mails_per_second).collect());
+    let rate = notifier_rate.min(mailer_rate / setup::DELIVERIES_PER_EVENT as f64) / 2.0;
+    eprintln!("latency at {rate:.0} events per second");
+    let env = BenchEnv::new(&args.repo, 3).await?;
+    let latencies = latency::measure(&env, rate, 20).await?;
+    setup::cleanup(&env).await?;
+    report.latency(&latencies);
 
     std::fs::write(&args.out, report.finish())
         .with_context(|| format!("cannot write {}", args.out.display()))?;
@@ -77,6 +91,38 @@ async fn notifier_rounds(
         setup::cleanup(&env).await?;
     }
     Ok((ceilings, notifiers))
+}
+
+/// The three mail senders, alternating, each into a fresh `smtp-sink`.
+struct MailerRuns {
+    ceiling: Vec<mailer::Run>,
+    lettre: Vec<mailer::Run>,
+    tanto: Vec<mailer::Run>,
+}
+
+async fn mailer_rounds(args: &Args) -> anyhow::Result<MailerRuns> {
+    let mails = args.events;
+    let size = delivery_size(args)? * 3;
+    let mut runs = MailerRuns {
+        ceiling: Vec::new(),
+        lettre: Vec::new(),
+        tanto: Vec::new(),
+    };
+    for round in 1..=args.rounds {
+        eprintln!("mailer round {round}/{}", args.rounds);
+        let sink = mailer::Sink::start()?;
+        runs.ceiling.push(tokio::task::block_in_place(|| {
+            mailer::ceiling(&sink, mails, size)
+        })?);
+        let sink = mailer::Sink::start()?;
+        runs.lettre
+            .push(mailer::bare_lettre(&sink, mails.min(2_000), size).await?);
+        let sink = mailer::Sink::start()?;
+        let env = BenchEnv::new(&args.repo, 3).await?;
+        runs.tanto.push(mailer::mailer(&env, &sink, mails).await?);
+        setup::cleanup(&env).await?;
+    }
+    Ok(runs)
 }
 
 /// Routing time with the bench's own ~100 rows, then with a million more.
@@ -204,6 +250,91 @@ impl Report {
             self.text,
             "| plus 1,000 other tenants ({rows} rows) | {large_us:.0} µs | {ratio:.2} | ≤ {ROUTING_FLATNESS_TARGET} | {} |\n",
             verdict(ratio <= ROUTING_FLATNESS_TARGET)
+        );
+    }
+
+    fn mailer(&mut self, mails: usize, runs: &MailerRuns) {
+        let rate = |runs: &[mailer::Run]| median(runs.iter().map(|r| r.mails_per_second).collect());
+        let (ceiling, lettre, tanto) = (rate(&runs.ceiling), rate(&runs.lettre), rate(&runs.tanto));
+        let ratio = tanto / ceiling;
+        let cpu = median(
+            runs.tanto
+                .iter()
+                .map(|r| r.usage.cpu.as_secs_f64())
+                .collect(),
+        );
+        let rss = runs
+            .tanto
+            .iter()
+            .map(|r| r.usage.peak_rss_bytes)
+            .max()
+            .unwrap_or(0);
+        let _ = writeln!(self.text, "## Mailer throughput into Postfix's smtp-sink\n");
+        let _ = writeln!(
+            self.text,
+            "Every sender uses {} connections.\n",
+            mailer::CONNECTIONS
+        );
+        let _ = writeln!(
+            self.text,
+            "| sender | mails per second | ratio to the sink's ceiling | target | |"
+        );
+        let _ = writeln!(self.text, "|---|---|---|---|---|");
+        let _ = writeln!(
+            self.text,
+            "| smtp-source, reused connections (ceiling) | {ceiling:.0} | 1.00 | | |"
+        );
+        let _ = writeln!(
+            self.text,
+            "| bare lettre loop, pooled transport | {lettre:.0} | {:.2} | | |",
+            lettre / ceiling
+        );
+        let _ = writeln!(
+            self.text,
+            "| tanto mailer (ledger, history, rendering) | {tanto:.0} | {ratio:.2} | ≥ 0.5 | {} |",
+            verdict(ratio >= MAILER_TARGET)
+        );
+        let _ = writeln!(
+            self.text,
+            "\nMailer CPU time per mail: {:.0} µs; peak resident memory: {:.1} MiB ({}).\n",
+            cpu * 1e6 / mails as f64,
+            rss as f64 / 1048576.0,
+            verdict(rss < RSS_TARGET_BYTES)
+        );
+        let raw = |runs: &[mailer::Run]| {
+            runs.iter()
+                .map(|r| format!("{:.0}", r.mails_per_second))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            self.text,
+            "Raw runs: ceiling {}; lettre {}; tanto {}.\n",
+            raw(&runs.ceiling),
+            raw(&runs.lettre),
+            raw(&runs.tanto)
+        );
+    }
+
+    fn latency(&mut self, latencies: &latency::Latencies) {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let _ = writeln!(
+            self.text,
+            "## End-to-end latency at half the measured maximum\n"
+        );
+        let _ = writeln!(
+            self.text,
+            "An open-loop generator offered {:.0} events per second for 20 s ({} mails); latency runs from an event's scheduled publish time to the SMTP sink's acceptance of each of its mails.\n",
+            latencies.offered_events_per_second, latencies.mails
+        );
+        let _ = writeln!(self.text, "| p50 | p99 | p99.9 |");
+        let _ = writeln!(self.text, "|---|---|---|");
+        let _ = writeln!(
+            self.text,
+            "| {:.0} ms | {:.0} ms | {:.0} ms |\n",
+            ms(latencies.p50),
+            ms(latencies.p99),
+            ms(latencies.p999)
         );
     }
 

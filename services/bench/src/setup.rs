@@ -124,6 +124,25 @@ customers:
 /// The deliveries one bench event produces with [`ROUTING`].
 pub const DELIVERIES_PER_EVENT: i64 = 6;
 
+/// The delivery ids of an `order.applied` event of tenant `bench`, as
+/// [`ROUTING`] resolves it: 5-1-1 to the customer's two users, 5-1-2 to
+/// the company-wide account and three staff.
+pub fn delivery_ids(event_id: &str) -> Vec<uuid::Uuid> {
+    let customer = ["admin@customer.example", "buyer@customer.example"].map(|to| ("5-1-1", to));
+    let staff = [
+        "ops@bench.example",
+        "a@bench.example",
+        "b@bench.example",
+        "c@bench.example",
+    ]
+    .map(|to| ("5-1-2", to));
+    customer
+        .into_iter()
+        .chain(staff)
+        .map(|(number, to)| tanto::delivery::delivery_id("bench", event_id, number, to))
+        .collect()
+}
+
 /// `count` order events of tenant `bench`, keyed by transaction.
 pub fn events(count: usize) -> Vec<(String, String)> {
     (0..count)
