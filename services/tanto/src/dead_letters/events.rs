@@ -25,6 +25,10 @@ impl DeadLetterKind for EventDeadLetters {
         "events"
     }
 
+    fn command(&self) -> &'static str {
+        "tanto dead-letters events"
+    }
+
     fn reasons(&self) -> Vec<&'static str> {
         RejectReason::ALL.iter().map(|r| r.as_str()).collect()
     }
@@ -97,6 +101,7 @@ mod tests {
             source: None,
             failed_at: None,
             destination: None,
+            delivery: None,
             key: Some(b"O-1".to_vec()),
             payload: payload.to_vec(),
             headers: headers

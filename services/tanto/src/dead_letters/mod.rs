@@ -2,11 +2,12 @@
 //! naming a record (`partition:offset`), and choosing records by filter or
 //! by id.
 //!
-//! Each kind of dead letter (events now; deliveries once the mailer writes
-//! its own) implements [`DeadLetterKind`]: how its headers read and what a
+//! Each kind of dead letter (events, deliveries) implements
+//! [`DeadLetterKind`]: how its headers read and what a
 //! replay publishes. Listing, choosing, replaying ([`crate::replay`]) and the
 //! audit ([`crate::audit`]) are shared by every kind.
 
+pub mod deliveries;
 pub mod events;
 
 use std::collections::BTreeSet;
@@ -19,6 +20,7 @@ use rdkafka::Message;
 use rdkafka::message::{Headers, OwnedHeaders, OwnedMessage};
 use serde::{Deserialize, Serialize};
 
+pub use deliveries::{DeliveryDeadLetters, DeliveryFacts};
 pub use events::EventDeadLetters;
 
 /// How long reading a dead-letter topic may take before the command gives up.
@@ -91,6 +93,9 @@ pub struct DeadLetter {
     /// The topic a replay publishes it to; `None` when the record does not
     /// say, and then it cannot be replayed.
     pub destination: Option<String>,
+    /// What a dead-lettered delivery says about itself; `None` for events.
+    #[serde(skip_serializing_if = "Option::is_none", flatten)]
+    pub delivery: Option<DeliveryFacts>,
     #[serde(skip)]
     pub key: Option<Vec<u8>>,
     #[serde(skip)]
@@ -127,6 +132,7 @@ impl DeadLetter {
             source: None,
             failed_at: None,
             destination: None,
+            delivery: None,
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().unwrap_or_default().to_vec(),
             headers,
@@ -156,6 +162,10 @@ pub trait DeadLetterKind: fmt::Debug + Send + Sync {
     /// The name used in commands, the audit and messages, e.g. `events`.
     fn name(&self) -> &'static str;
 
+    /// The CLI command that lists, shows and replays this kind, for
+    /// messages, e.g. `tanto dead-letters events`.
+    fn command(&self) -> &'static str;
+
     /// The reasons this kind's records can carry, for checking `--reason`.
     fn reasons(&self) -> Vec<&'static str>;
 
@@ -165,6 +175,12 @@ pub trait DeadLetterKind: fmt::Debug + Send + Sync {
     /// The message a replay publishes for `letter`, or why it cannot be
     /// replayed. `replay_id` is the audit row of the run.
     fn outgoing(&self, letter: &DeadLetter, replay_id: i64) -> Result<Outgoing, String>;
+
+    /// Whether records of this kind are deliveries, which the mail, class,
+    /// address and attempts filters look at.
+    fn holds_deliveries(&self) -> bool {
+        false
+    }
 }
 
 /// The records an operator names: all of them, those matching a filter, or
@@ -194,6 +210,18 @@ pub struct Filter {
     /// Set aside before this time.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub until: Option<DateTime<Utc>>,
+    /// Deliveries of this mail number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail: Option<String>,
+    /// Deliveries to a recipient reached through this class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    /// Deliveries to this address (compared trimmed and lower-cased).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Deliveries attempted at least this many times.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_attempts: Option<i32>,
 }
 
 impl Filter {
@@ -212,6 +240,32 @@ impl Filter {
             && self
                 .until
                 .is_none_or(|until| letter.failed_at.is_some_and(|at| at < until))
+            && self.matches_delivery(letter.delivery.as_ref())
+    }
+
+    fn matches_delivery(&self, delivery: Option<&DeliveryFacts>) -> bool {
+        let asks = self.mail.is_some()
+            || self.class.is_some()
+            || self.address.is_some()
+            || self.min_attempts.is_some();
+        let Some(delivery) = delivery else {
+            return !asks;
+        };
+        let address = self
+            .address
+            .as_deref()
+            .map(crate::delivery::normalize_address);
+        equal_if_given(&self.mail, Some(delivery.mail.as_str()))
+            && self
+                .class
+                .as_ref()
+                .is_none_or(|class| delivery.classes.contains(class))
+            && address.is_none_or(|address| {
+                crate::delivery::normalize_address(&delivery.address) == address
+            })
+            && self
+                .min_attempts
+                .is_none_or(|least| delivery.attempts >= least)
     }
 }
 
@@ -252,6 +306,10 @@ impl fmt::Display for Selection {
                 add("--source-topic", filter.source_topic.clone());
                 add("--since", filter.since.map(|t| t.to_rfc3339()));
                 add("--until", filter.until.map(|t| t.to_rfc3339()));
+                add("--mail", filter.mail.clone());
+                add("--class", filter.class.clone());
+                add("--address", filter.address.clone());
+                add("--min-attempts", filter.min_attempts.map(|n| n.to_string()));
                 f.write_str(&parts.join(" "))
             }
         }
@@ -265,31 +323,32 @@ impl fmt::Display for Selection {
 pub async fn read(
     brokers: &str,
     topic: &str,
-    kind: &'static dyn DeadLetterKind,
+    kind: &dyn DeadLetterKind,
     selection: &Selection,
 ) -> anyhow::Result<Vec<DeadLetter>> {
-    let (brokers, topic_name, chooser) =
-        (brokers.to_string(), topic.to_string(), selection.clone());
+    let (brokers, topic_name) = (brokers.to_string(), topic.to_string());
     let reading = tokio::task::spawn_blocking(move || {
-        let mut chosen = Vec::new();
+        let mut raw = Vec::new();
         crate::kafka::read_to_end(&brokers, &topic_name, READ_TIMEOUT, |message| {
-            let letter = kind.describe(DeadLetter::raw(&message));
-            if chooser.matches(&letter) {
-                chosen.push(letter);
-            }
+            raw.push(DeadLetter::raw(&message));
         })?;
-        Ok::<_, anyhow::Error>(chosen)
+        Ok::<_, anyhow::Error>(raw)
     });
-    let mut chosen = reading.await??;
+    let mut chosen: Vec<DeadLetter> = reading
+        .await??
+        .into_iter()
+        .map(|letter| kind.describe(letter))
+        .filter(|letter| selection.matches(letter))
+        .collect();
     chosen.sort_by_key(|letter| (letter.failed_at, letter.id));
     if let Selection::Ids(ids) = selection {
         let found: BTreeSet<RecordId> = chosen.iter().map(|letter| letter.id).collect();
         let missing: Vec<String> = ids.difference(&found).map(ToString::to_string).collect();
         if !missing.is_empty() {
             anyhow::bail!(
-                "no dead letter on {topic} has the id {}; `tanto dead-letters {} list` shows the ids",
+                "no dead letter on {topic} has the id {}; `{} list` shows the ids",
                 missing.join(", "),
-                kind.name()
+                kind.command()
             );
         }
     }
@@ -316,6 +375,7 @@ mod tests {
             }),
             failed_at: Some(at.parse().expect("time")),
             destination: Some("commerce.orders".into()),
+            delivery: None,
             key: None,
             payload: Vec::new(),
             headers: Vec::new(),

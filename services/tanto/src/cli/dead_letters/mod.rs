@@ -13,7 +13,7 @@ use clap::Subcommand;
 
 use super::Usage;
 use crate::config::Settings;
-use crate::dead_letters::{DeadLetterKind, EventDeadLetters, RecordId};
+use crate::dead_letters::{DeadLetterKind, DeliveryDeadLetters, EventDeadLetters, RecordId};
 
 pub use replay::ReplayArgs;
 pub use selection::SelectionArgs;
@@ -22,6 +22,10 @@ static EVENTS: EventDeadLetters = EventDeadLetters;
 
 #[derive(Debug, Subcommand)]
 pub enum DeadLettersCommand {
+    /// Deliveries the mailer gave up on (tanto.deliveries.dlq): `list`,
+    /// `show` and `replay` address these.
+    #[command(flatten)]
+    Deliveries(KindCommand),
     /// Events the notifiers could not route (tanto.events.dlq): malformed,
     /// unknown type or tenant, wrong topic.
     Events {
@@ -66,12 +70,22 @@ pub enum KindCommand {
 /// A kind of dead letter and the topic that holds it.
 #[derive(Debug, Clone, Copy)]
 struct Source<'a> {
-    kind: &'static dyn DeadLetterKind,
+    kind: &'a dyn DeadLetterKind,
     topic: &'a str,
 }
 
 pub(super) async fn run(settings: &Settings, command: DeadLettersCommand) -> anyhow::Result<()> {
     match command {
+        DeadLettersCommand::Deliveries(command) => {
+            let deliveries = DeliveryDeadLetters {
+                deliveries_topic: settings.kafka.topics.deliveries.clone(),
+            };
+            let source = Source {
+                kind: &deliveries,
+                topic: &settings.kafka.topics.deliveries_dlq,
+            };
+            run_kind(settings, source, command).await
+        }
         DeadLettersCommand::Events { command } => {
             let source = Source {
                 kind: &EVENTS,

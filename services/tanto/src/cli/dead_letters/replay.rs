@@ -86,7 +86,7 @@ fn checked_selection(source: Source<'_>, args: &ReplayArgs) -> Result<Selection,
     if selection == Selection::All && !args.selection.all {
         return Err(Usage(
             "say which dead letters to replay: ids, a filter (--tenant, --reason, \
-             --source-topic, --since, --until) or --all"
+             --since and the others `replay --help` lists) or --all"
                 .into(),
         ));
     }
@@ -103,9 +103,9 @@ async fn choose(
     let chosen = dead_letters::read(brokers, source.topic, source.kind, selection).await?;
     if chosen.is_empty() {
         anyhow::bail!(
-            "no dead letter on {} matches {selection}; `tanto dead-letters {} list` shows them",
+            "no dead letter on {} matches {selection}; `{} list` shows them",
             source.topic,
-            source.kind.name()
+            source.kind.command()
         );
     }
     Ok(chosen)

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use clap::Args;
 
+use crate::catalog::RecipientClass;
 use crate::cli::Usage;
 use crate::dead_letters::{DeadLetterKind, Filter, RecordId, Selection};
 
@@ -29,6 +30,18 @@ pub struct SelectionArgs {
     /// Set aside before TIME: RFC 3339, a date (UTC), or an age (30m, 2h, 7d).
     #[arg(long, value_name = "TIME")]
     until: Option<String>,
+    /// Deliveries of this mail number, e.g. 5-1-2.
+    #[arg(long, value_name = "NUMBER")]
+    mail: Option<String>,
+    /// Deliveries to a recipient reached through this class, e.g. company_wide.
+    #[arg(long)]
+    class: Option<String>,
+    /// Deliveries to this address.
+    #[arg(long)]
+    address: Option<String>,
+    /// Deliveries attempted at least N times.
+    #[arg(long, value_name = "N")]
+    min_attempts: Option<i32>,
     /// Every dead letter; a replay needs ids, a filter or this.
     #[arg(long)]
     pub(super) all: bool,
@@ -55,7 +68,12 @@ impl SelectionArgs {
                 .as_deref()
                 .map(|t| parse_time("--until", t, now))
                 .transpose()?,
+            mail: self.mail.clone(),
+            class: self.class.clone(),
+            address: self.address.clone(),
+            min_attempts: self.min_attempts,
         };
+        check_delivery_filters(&filter, kind)?;
         if let Some(reason) = &filter.reason
             && !kind.reasons().contains(&reason.as_str())
         {
@@ -89,9 +107,42 @@ impl SelectionArgs {
     }
 }
 
+/// Refuses the delivery filters for a kind whose records are not
+/// deliveries, and a class that does not exist.
+fn check_delivery_filters(filter: &Filter, kind: &dyn DeadLetterKind) -> Result<(), Usage> {
+    let given = [
+        ("--mail", filter.mail.is_some()),
+        ("--class", filter.class.is_some()),
+        ("--address", filter.address.is_some()),
+        ("--min-attempts", filter.min_attempts.is_some()),
+    ];
+    if let Some((flag, _)) = given.iter().find(|(_, given)| *given)
+        && !kind.holds_deliveries()
+    {
+        return Err(Usage(format!(
+            "{flag} chooses deliveries; dead-lettered {} do not have it",
+            kind.name()
+        )));
+    }
+    if let Some(class) = &filter.class
+        && RecipientClass::parse(class).is_none()
+    {
+        let known: Vec<&str> = RecipientClass::ALL.iter().map(|c| c.as_str()).collect();
+        return Err(Usage(format!(
+            "--class '{class}' is not a recipient class; use one of {}",
+            known.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// An RFC 3339 time, a date (midnight UTC), or an age before `now`
 /// (`30m`, `2h`, `7d`).
-fn parse_time(flag: &str, raw: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Usage> {
+pub(crate) fn parse_time(
+    flag: &str,
+    raw: &str,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, Usage> {
     if let Ok(time) = DateTime::parse_from_rfc3339(raw) {
         return Ok(time.with_timezone(&Utc));
     }
@@ -168,6 +219,10 @@ mod tests {
             source_topic: None,
             since: None,
             until: None,
+            mail: None,
+            class: None,
+            address: None,
+            min_attempts: None,
             all: false,
         }
     }
@@ -205,5 +260,27 @@ mod tests {
         range.until = Some("2h".into());
         let err = range.parse(&EVENTS, now()).unwrap_err();
         assert_eq!(err.0, "--since must be before --until");
+    }
+
+    #[test]
+    fn delivery_filters_are_for_deliveries_only() {
+        let mut mail = args(&[]);
+        mail.mail = Some("5-1-2".into());
+        let err = mail.parse(&EVENTS, now()).unwrap_err();
+        assert_eq!(
+            err.0,
+            "--mail chooses deliveries; dead-lettered events do not have it"
+        );
+        let deliveries = crate::dead_letters::DeliveryDeadLetters {
+            deliveries_topic: "t".into(),
+        };
+        assert!(mail.parse(&deliveries, now()).is_ok());
+        mail.class = Some("staff".into());
+        let err = mail.parse(&deliveries, now()).unwrap_err();
+        assert!(
+            err.0
+                .starts_with("--class 'staff' is not a recipient class"),
+            "{err}"
+        );
     }
 }
