@@ -7,9 +7,11 @@
 //! everything else. `-v` adds the chain of causes.
 
 mod dead_letters;
+mod history;
 mod routing;
 mod table;
 mod templates;
+mod time;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -27,7 +29,8 @@ pub use templates::TemplatesCommand;
 #[command(
     name = "tanto",
     version,
-    about = "Operate tanto: schema, routing data, topics, dead letters and mail templates"
+    about = "Operate tanto: schema, routing data, topics, send history, dead letters and mail \
+             templates"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -65,6 +68,9 @@ pub enum Command {
         #[command(subcommand)]
         command: DeadLettersCommand,
     },
+    /// The send history: deliveries newest first, filtered, a page at a
+    /// time; `history show ID` for one delivery.
+    History(history::HistoryArgs),
     /// Render one catalog mail for a sample event with a tenant's routing
     /// data, without sending it.
     Preview(templates::PreviewArgs),
@@ -126,6 +132,7 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
             command: TopicsCommand::Ensure,
         } => routing::ensure_topics(settings).await,
         Command::DeadLetters { command } => dead_letters::run(settings, command).await,
+        Command::History(args) => history::run(settings, args).await,
         Command::Preview(args) => templates::preview(settings, args).await,
         Command::Templates { command } => templates::run(settings, command),
     }
