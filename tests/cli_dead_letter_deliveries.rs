@@ -110,6 +110,14 @@ async fn a_batch_refused_by_the_server_is_sent_once_after_it_recovers_and_only_o
     for sent in &batch {
         let row = wait_for_status(&env, sent.delivery_id, "sent", PATIENCE).await;
         assert_eq!(row.attempts, 2, "{row:?}");
+        let shown = tanto_json(&env, &["history", "show", &sent.delivery_id.to_string()]);
+        let outcomes: Vec<&str> = shown["attempt_log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["outcome"].as_str().unwrap())
+            .collect();
+        assert_eq!(outcomes, ["dead", "sent"], "{shown}");
     }
     tokio::time::sleep(QUIET).await;
     let accepted = smtp.accepted();
@@ -204,6 +212,33 @@ async fn a_replayed_delivery_whose_cause_remains_goes_through_the_tiers_and_is_d
     assert_eq!(again.replay_count, 1);
     let row = history(&env, stuck.delivery_id).await.unwrap();
     assert_eq!((row.status.as_str(), row.attempts), ("dead", 4), "{row:?}");
+    let shown = tanto_json(&env, &["history", "show", &stuck.delivery_id.to_string()]);
+    let attempts: Vec<(i64, i64, &str, &str)> = shown["attempt_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let number = |key: &str| a[key].as_i64().unwrap();
+            let text = |key: &str| a[key].as_str().unwrap_or("-");
+            (
+                number("attempt"),
+                number("replay_count"),
+                text("outcome"),
+                text("smtp_reply"),
+            )
+        })
+        .collect();
+    let busy = "451 4.3.0 try again later";
+    assert_eq!(
+        attempts,
+        [
+            (1, 0, "retrying", busy),
+            (2, 0, "dead", busy),
+            (3, 1, "retrying", busy),
+            (4, 1, "dead", busy)
+        ],
+        "every attempt with its error: {shown}"
+    );
     assert_eq!(row.last_error_class.as_deref(), Some("smtp_4xx"));
     assert!(row.first_failed_at.is_some());
 }

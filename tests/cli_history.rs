@@ -86,6 +86,15 @@ async fn known_history(env: &TestEnv) {
     ))
     .await
     .unwrap();
+    db.execute(
+        "INSERT INTO delivery_attempts (delivery_id, attempt, replay_count, started_at,
+             finished_at, outcome, error_class, error, smtp_reply)
+         VALUES ($1, 1, 0, '2026-12-03T01:00:02Z', '2026-12-03T01:00:03Z', 'dead', 'smtp_5xx',
+                 '550 5.1.1 mailbox unavailable', '550 5.1.1 mailbox unavailable')",
+        &[&id(3)],
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -308,6 +317,9 @@ async fn show_prints_the_whole_record_with_its_bodies_and_failure() {
         "last error:       smtp_5xx: 550 5.1.1 mailbox unavailable",
         "smtp reply:       550 5.1.1 mailbox unavailable",
         "first failure:    2026-12-03T01:00:03+00:00",
+        "attempts:",
+        "  #  REPLAY  STARTED (UTC)        OUTCOME  ERROR                                    SMTP REPLY",
+        "  1  0       2026-12-03 01:00:02  dead     smtp_5xx: 550 5.1.1 mailbox unavailable  550 5.1.1 mailbox unavailable",
         "text body:",
         "ご注文の確認です。",
     ] {
@@ -324,6 +336,11 @@ async fn show_prints_the_whole_record_with_its_bodies_and_failure() {
     assert_eq!(json["body_text"], "ご注文を受け付けました。");
     assert_eq!(json["sent_at"], "2026-12-03T01:00:05Z");
     assert_eq!(json.get("body_html"), None, "the HTML only with --html");
+    assert_eq!(
+        json["attempt_log"],
+        json!([]),
+        "no attempts recorded for it"
+    );
 
     let missing = env.tanto(&["history", "show", &id(9).to_string()]);
     assert_eq!(missing.status.code(), Some(1));

@@ -1,6 +1,7 @@
 //! The delivery ledger and send history (メール送信履歴): one row per
 //! delivery id, holding where the delivery stands and everything the history
-//! shows about it.
+//! shows about it, and one row per attempt (`delivery_attempts`), written by
+//! the same statement that moves the delivery's row.
 //!
 //! The ledger is what keeps a delivery from being sent twice. Every record
 //! of a delivery (on the delivery topic, a retry tier, or replayed from the
@@ -261,7 +262,8 @@ impl Ledger {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(
-                "INSERT INTO deliveries (delivery_id, tenant_id, event_id, event_type,
+                "WITH begun AS (
+                 INSERT INTO deliveries (delivery_id, tenant_id, event_id, event_type,
                      transaction_number, management_number, mail_name, recipient_address,
                      recipient_name, recipient_classes, replay_count,
                      status, attempts, last_attempt_at)
@@ -271,7 +273,14 @@ impl Ledger {
                      replay_count = greatest(deliveries.replay_count, excluded.replay_count),
                      unknown_outcomes = deliveries.unknown_outcomes + $12,
                      last_attempt_at = now(), next_attempt_at = NULL, updated_at = now()
-                 WHERE deliveries.status = $13 AND deliveries.attempts = $14",
+                 WHERE deliveries.status = $13 AND deliveries.attempts = $14
+                 RETURNING delivery_id, attempts, replay_count
+                 )
+                 INSERT INTO delivery_attempts (delivery_id, attempt, replay_count, outcome)
+                 SELECT delivery_id, attempts, replay_count, 'sending' FROM begun
+                 ON CONFLICT (delivery_id, attempt) DO UPDATE
+                 SET started_at = now(), finished_at = NULL, outcome = 'sending',
+                     error_class = NULL, error = NULL, smtp_reply = NULL",
             )
             .await?;
         let identity = Identity::of(delivery);
@@ -297,10 +306,16 @@ impl Ledger {
         let client = self.client().await?;
         client
             .execute(
-                "UPDATE deliveries
+                "WITH sent AS (
+                 UPDATE deliveries
                  SET status = 'sent', sender = $2, subject = $3, body_text = $4, body_html = $5,
                      sent_at = now(), next_attempt_at = NULL, updated_at = now()
-                 WHERE delivery_id = $1",
+                 WHERE delivery_id = $1
+                 RETURNING attempts
+                 )
+                 UPDATE delivery_attempts AS a
+                 SET outcome = 'sent', finished_at = now()
+                 FROM sent WHERE a.delivery_id = $1 AND a.attempt = sent.attempts",
                 &[&delivery_id, &sender, &mail.subject, &mail.text, &mail.html],
             )
             .await
@@ -321,7 +336,8 @@ impl Ledger {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(
-                "INSERT INTO deliveries (delivery_id, tenant_id, event_id, event_type,
+                "WITH failed AS (
+                 INSERT INTO deliveries (delivery_id, tenant_id, event_id, event_type,
                      transaction_number, management_number, mail_name, recipient_address,
                      recipient_name, recipient_classes, replay_count,
                      status, attempts, last_attempt_at, first_failed_at, last_failed_at,
@@ -344,7 +360,17 @@ impl Ledger {
                      body_text = coalesce(excluded.body_text, deliveries.body_text),
                      body_html = coalesce(excluded.body_html, deliveries.body_html),
                      updated_at = now()
-                 WHERE deliveries.status <> 'sent'",
+                 WHERE deliveries.status <> 'sent'
+                 RETURNING delivery_id, attempts, replay_count
+                 )
+                 INSERT INTO delivery_attempts AS a (delivery_id, attempt, replay_count, outcome,
+                     finished_at, error_class, error, smtp_reply)
+                 SELECT delivery_id, attempts, replay_count, $12, now(), $16, $17, $18
+                 FROM failed
+                 ON CONFLICT (delivery_id, attempt) DO UPDATE
+                 SET outcome = excluded.outcome, finished_at = now(),
+                     error_class = excluded.error_class, error = excluded.error,
+                     smtp_reply = excluded.smtp_reply",
             )
             .await?;
         let identity = Identity::of(delivery);

@@ -616,6 +616,36 @@ struct Record {
     body_text: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     body_html: Option<String>,
+    attempt_log: Vec<AttemptRow>,
+}
+
+/// One attempt, from `delivery_attempts` (V5).
+#[derive(Debug, Serialize)]
+struct AttemptRow {
+    attempt: i32,
+    replay_count: i32,
+    started_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+    /// sending (still, or its process died), sent, retrying, dead, unknown.
+    outcome: String,
+    error_class: Option<String>,
+    error: Option<String>,
+    smtp_reply: Option<String>,
+}
+
+impl AttemptRow {
+    fn of(row: &Row) -> Self {
+        Self {
+            attempt: row.get("attempt"),
+            replay_count: row.get("replay_count"),
+            started_at: row.get("started_at"),
+            finished_at: row.get("finished_at"),
+            outcome: row.get("outcome"),
+            error_class: row.get("error_class"),
+            error: row.get("error"),
+            smtp_reply: row.get("smtp_reply"),
+        }
+    }
 }
 
 async fn show(settings: &Settings, id: &str, html: bool, json: bool) -> anyhow::Result<()> {
@@ -660,11 +690,55 @@ async fn show(settings: &Settings, id: &str, html: bool, json: bool) -> anyhow::
         last_smtp_reply: row.get("last_smtp_reply"),
         body_text: row.get("body_text"),
         body_html: if html { row.get("body_html") } else { None },
+        attempt_log: attempts_of(&client, delivery_id).await?,
     };
     if json {
         return print_json(&record);
     }
     say(&record_text(&record))
+}
+
+async fn attempts_of(
+    client: &deadpool_postgres::Client,
+    delivery_id: Uuid,
+) -> anyhow::Result<Vec<AttemptRow>> {
+    let rows = client
+        .query(
+            "SELECT attempt, replay_count, started_at, finished_at, outcome, error_class, error,
+                    smtp_reply
+             FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt",
+            &[&delivery_id],
+        )
+        .await
+        .context("Failed to read the attempts of a delivery")?;
+    Ok(rows.iter().map(AttemptRow::of).collect())
+}
+
+fn attempts_table(attempts: &[AttemptRow]) -> String {
+    let mut table = Table::new(&[
+        "  #",
+        "REPLAY",
+        "STARTED (UTC)",
+        "OUTCOME",
+        "ERROR",
+        "SMTP REPLY",
+    ]);
+    for attempt in attempts {
+        let error = match (&attempt.error_class, &attempt.error) {
+            (Some(class), Some(error)) => format!("{class}: {}", shorten(error, 60)),
+            (Some(class), None) => class.clone(),
+            _ => "-".into(),
+        };
+        table.row(vec![
+            format!("  {}", attempt.attempt),
+            attempt.replay_count.to_string(),
+            time_text(attempt.started_at),
+            attempt.outcome.clone(),
+            error,
+            or_dash(&attempt.smtp_reply),
+        ]);
+    }
+    table.render()
 }
 
 fn record_text(record: &Record) -> String {
@@ -702,6 +776,12 @@ fn record_text(record: &Record) -> String {
             .iter()
             .map(|(name, value)| format!("{:<18}{}", format!("{name}:"), value.trim())),
     );
+    lines.push("attempts:".into());
+    if record.attempt_log.is_empty() {
+        lines.push("  none recorded (attempts before the V5 migration are not)".into());
+    } else {
+        lines.push(attempts_table(&record.attempt_log));
+    }
     lines.push("text body:".into());
     lines.push(or_dash(&record.body_text));
     if let Some(html) = &record.body_html {
