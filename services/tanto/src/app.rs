@@ -54,7 +54,7 @@ where
             tracing::error!(
                 binary = name,
                 ?deadline,
-                "did not stop within the shutdown deadline; unfinished work will be done again after restart"
+                "missed the shutdown deadline; unfinished work is redone after restart"
             );
             ExitCode::FAILURE
         }

@@ -241,14 +241,22 @@ pub async fn consume<H: Handler>(
                     .with_label_values(&[&topics])
                     .inc();
                 let lag = consumer.context().lag.total();
-                tracing::error!(lag, restarts, stalled_for = ?batching.stall_after, "consumer made no progress while messages were waiting; replacing it");
+                tracing::error!(
+                    lag,
+                    restarts,
+                    stalled_for = ?batching.stall_after,
+                    "consumer stalled while messages waited; replacing it"
+                );
             }
             Ok(Ended::Shutdown) => break Ok(restarts),
             Err(err) => break Err(err),
         }
     };
     if let Err(err) = producer.flush(deadline) {
-        tracing::error!(error = %err, "producer flush failed at shutdown; the messages of unfinished work will be produced again after restart");
+        tracing::error!(
+            error = %err,
+            "producer flush failed at shutdown; unfinished work is redone after restart"
+        );
     }
     result
 }
@@ -413,7 +421,10 @@ async fn handle_keeping_alive<H: Handler>(
                 return outcomes;
             }
             _ = &mut keepalive, if !paused => {
-                tracing::info!(waited = ?batching.keepalive_after, "batch waits on a dependency; partitions paused, polling on");
+                tracing::info!(
+                    waited = ?batching.keepalive_after,
+                    "batch waits on a dependency; partitions paused, polling on"
+                );
                 paused = set_paused(consumer, true);
             }
             message = receive(consumer), if paused => {
@@ -681,7 +692,7 @@ fn close(consumer: &TantoConsumer) {
             rdkafka::types::RDKafkaErrorCode::NoOffset,
         )) => {}
         Err(err) => {
-            tracing::warn!(error = %err, "final offset commit failed; some messages will be read again")
+            tracing::warn!(error = %err, "final commit failed; some messages will be read again")
         }
     }
 }

@@ -68,7 +68,7 @@ impl Metrics {
             events_consumed: counter_vec(
                 &registry,
                 "tanto_events_consumed_total",
-                "Transaction events read by a notifier, by outcome (routed, or dead-lettered with a reason).",
+                "Events read by a notifier, by outcome (routed, or dead-lettered and why).",
                 &["topic", "event_type", "outcome", "reason"],
             ),
             deliveries_produced: counter_vec(
@@ -141,7 +141,7 @@ impl Metrics {
             mails_unknown: counter_vec(
                 &registry,
                 "tanto_mails_unknown_total",
-                "Sends whose outcome could not be known (the mailer died mid-send), by management number.",
+                "Sends whose outcome is unknown (the mailer died mid-send), by management number.",
                 &["mail"],
             ),
             deliveries_skipped: counter(
