@@ -453,7 +453,12 @@ async fn show_prints_the_failure_and_the_delivery_and_list_reads_as_a_table() {
     four_dead_deliveries(&env).await;
     let table = tanto_ok(&env, &["dead-letters", "list", "--mail", "5-1-1"]);
     let lines: Vec<&str> = table.lines().collect();
-    assert!(lines[0].starts_with("ID  "), "{table}");
+    let header = lines[0].split_whitespace().collect::<Vec<_>>().join(" ");
+    assert_eq!(
+        header,
+        "ID SET ASIDE (UTC) REASON TENANT MAIL RECIPIENT ATTEMPTS REPLAYED ERROR"
+    );
+    assert!(lines[1].contains(&address(&env, "d3")), "{table}");
     assert!(
         lines[1].contains("smtp_4xx") && lines[1].contains(&env.id),
         "{table}"

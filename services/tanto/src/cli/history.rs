@@ -5,6 +5,8 @@
 //! so a page never repeats or skips a row however many arrive meanwhile;
 //! the cursor printed under a page names where the next one starts.
 
+use std::collections::HashMap;
+
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
@@ -444,25 +446,34 @@ async fn read_mails(
         .query(&sql, &query.params())
         .await
         .context("Failed to read the send history")?;
-    let mut mails = Vec::new();
-    for group in &groups {
-        let (tenant, event, number): (String, String, String) =
-            (group.get(0), group.get(1), group.get(2));
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT {LIST_COLUMNS} FROM deliveries \
-                     WHERE tenant_id = $1 AND event_id = $2 AND management_number = $3 \
-                     ORDER BY recipient_address"
-                ),
-                &[&tenant, &event, &number],
-            )
-            .await
-            .context("Failed to read the deliveries of a mail")?;
-        let deliveries: Vec<Delivery> = rows.iter().map(Delivery::of).collect();
-        mails.extend(mail_of(&deliveries, group.get("first_at")));
+    let keys = |column: usize| -> Vec<String> { groups.iter().map(|g| g.get(column)).collect() };
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {LIST_COLUMNS} FROM deliveries \
+                 WHERE (tenant_id, event_id, management_number) IN \
+                     (SELECT * FROM unnest($1::text[], $2::text[], $3::text[])) \
+                 ORDER BY recipient_address"
+            ),
+            &[&keys(0), &keys(1), &keys(2)],
+        )
+        .await
+        .context("Failed to read the deliveries of the mails")?;
+    let mut by_mail: HashMap<String, Vec<Delivery>> = HashMap::new();
+    for delivery in rows.iter().map(Delivery::of) {
+        let key = mail_key(
+            &delivery.tenant_id,
+            &delivery.event_id,
+            &delivery.management_number,
+        );
+        by_mail.entry(key).or_default().push(delivery);
     }
-    Ok(Rows::Mails(mails))
+    let mails = groups.iter().filter_map(|group| {
+        let key = mail_key(group.get(0), group.get(1), group.get(2));
+        let deliveries = by_mail.remove(&key).unwrap_or_default();
+        mail_of(&deliveries, group.get("first_at"))
+    });
+    Ok(Rows::Mails(mails.collect()))
 }
 
 fn mail_of(deliveries: &[Delivery], time: DateTime<Utc>) -> Option<Mail> {

@@ -10,7 +10,7 @@ use super::Source;
 use crate::cli::table::{Table, shorten};
 use crate::cli::{connect, print_json, say};
 use crate::config::Settings;
-use crate::dead_letters::{self, DeadLetter, RecordId, Selection};
+use crate::dead_letters::{self, DeadLetter, DeliveryFacts, RecordId, Selection};
 
 /// A dead letter as `list --json` prints it.
 #[derive(Debug, Serialize)]
@@ -70,6 +70,9 @@ pub(super) async fn replayed_by(
 }
 
 pub(super) fn letters_table(letters: &[DeadLetter], replayed: &BTreeMap<RecordId, i64>) -> String {
+    if letters.iter().any(|letter| letter.delivery.is_some()) {
+        return deliveries_table(letters, replayed);
+    }
     let mut table = Table::new(&[
         "ID",
         "SET ASIDE (UTC)",
@@ -92,6 +95,41 @@ pub(super) fn letters_table(letters: &[DeadLetter], replayed: &BTreeMap<RecordId
                 .get(&letter.id)
                 .map_or("-".into(), |id| format!("replay {id}")),
             shorten(&letter.message, 70),
+        ]);
+    }
+    table.render()
+}
+
+/// Dead-lettered deliveries: what a person needs to choose a replay.
+fn deliveries_table(letters: &[DeadLetter], replayed: &BTreeMap<RecordId, i64>) -> String {
+    let mut table = Table::new(&[
+        "ID",
+        "SET ASIDE (UTC)",
+        "REASON",
+        "TENANT",
+        "MAIL",
+        "RECIPIENT",
+        "ATTEMPTS",
+        "REPLAYED",
+        "ERROR",
+    ]);
+    for letter in letters {
+        let delivery = letter.delivery.as_ref();
+        let facts = |field: fn(&DeliveryFacts) -> String| delivery.map_or("-".into(), field);
+        table.row(vec![
+            letter.id.to_string(),
+            letter
+                .failed_at
+                .map_or("-".into(), |at| at.format("%Y-%m-%d %H:%M:%S").to_string()),
+            dash(&letter.reason),
+            letter.tenant.clone().unwrap_or_else(|| "-".into()),
+            facts(|d| d.mail.clone()),
+            facts(|d| d.address.clone()),
+            facts(|d| d.attempts.to_string()),
+            replayed
+                .get(&letter.id)
+                .map_or("-".into(), |id| format!("replay {id}")),
+            shorten(&letter.message, 60),
         ]);
     }
     table.render()
