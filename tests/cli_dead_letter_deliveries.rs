@@ -2,7 +2,8 @@
 //! broker and database and a scripted SMTP server: a batch dead-lettered
 //! while the server refused mail is sent once after it recovers, a second
 //! replay sends nothing (not even with --force), a delivery whose cause
-//! remains is dead-lettered again once, a dry run changes nothing, each
+//! remains is dead-lettered again once, a delivery held after an unknown
+//! outcome is sent when replayed, a dry run changes nothing, each
 //! filter chooses exactly what it says, and each replay is audited.
 //!
 //! The filter tests write dead-letter records themselves, with the headers
@@ -241,6 +242,60 @@ async fn a_replayed_delivery_whose_cause_remains_goes_through_the_tiers_and_is_d
     );
     assert_eq!(row.last_error_class.as_deref(), Some("smtp_4xx"));
     assert!(row.first_failed_at.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_held_after_an_unknown_outcome_is_sent_when_an_operator_replays_it() {
+    let mut env = TestEnv::new().await;
+    let script = Script::new().to(
+        &address(&env, "held"),
+        [Reply::DropAfterData, Reply::Accept],
+    );
+    let smtp = ScriptedSmtp::start(script).await;
+    env.set("TANTO_SMTP_PORT", smtp.port.to_string());
+    env.set("TANTO_UNKNOWN_OUTCOME", "hold");
+    env.start("mailer");
+    let held = delivery(&env, "held");
+    publish_deliveries(&env, std::slice::from_ref(&held)).await;
+    read_topic(&env.topics.deliveries_dlq, 1, PATIENCE).await;
+    wait_for_status(&env, held.delivery_id, "unknown", PATIENCE).await;
+
+    let listed = tanto_json(
+        &env,
+        &["dead-letters", "list", "--reason", "unknown_outcome"],
+    );
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    tanto_ok(
+        &env,
+        &[
+            "dead-letters",
+            "replay",
+            "--reason",
+            "unknown_outcome",
+            "--yes",
+        ],
+    );
+
+    let row = wait_for_status(&env, held.delivery_id, "sent", PATIENCE).await;
+    assert_eq!((row.attempts, row.unknown_outcomes), (2, 1));
+    assert_eq!(smtp.received().len(), 2);
+    let shown = tanto_json(&env, &["history", "show", &held.delivery_id.to_string()]);
+    let outcomes: Vec<(&str, &str)> = shown["attempt_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["outcome"].as_str().unwrap(),
+                a["error_class"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [("unknown", "unknown_outcome"), ("sent", "-")],
+        "{shown}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
