@@ -33,7 +33,7 @@ pub struct HistoryArgs {
 #[derive(Debug, Subcommand)]
 enum HistoryCommand {
     /// One delivery: every column, the rendered text (and with --html the
-    /// HTML) body, and its failures.
+    /// HTML) body, and every attempt with its error.
     Show {
         /// The delivery id, as `history` shows it.
         delivery_id: String,

@@ -62,7 +62,9 @@ pub enum Command {
         #[command(subcommand)]
         command: TopicsCommand,
     },
-    /// List, show and replay dead-lettered records; read the replay audit.
+    /// List, show and replay the deliveries the mailer gave up on
+    /// (tanto.deliveries.dlq) and, with `events`, unroutable events; read
+    /// the replay audit.
     #[command(name = "dead-letters")]
     DeadLetters {
         #[command(subcommand)]

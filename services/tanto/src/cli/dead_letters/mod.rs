@@ -62,7 +62,8 @@ pub enum KindCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Republish dead letters to the topic they came from. A dead letter
+    /// Republish dead letters to be handled again: deliveries to the
+    /// delivery topic, events to the topic they came from. A dead letter
     /// replayed before is skipped unless --force.
     Replay(ReplayArgs),
 }
