@@ -503,7 +503,7 @@ async fn the_time_range_includes_since_and_excludes_until() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn show_prints_the_failure_and_the_delivery_and_list_reads_as_a_table() {
+async fn list_and_show_read_well_and_errors_say_what_to_do() {
     let env = TestEnv::new().await;
     four_dead_deliveries(&env).await;
     let table = tanto_ok(&env, &["dead-letters", "list", "--mail", "5-1-1"]);
@@ -535,6 +535,33 @@ async fn show_prints_the_failure_and_the_delivery_and_list_reads_as_a_table() {
     assert_eq!(
         shown["payload"]["recipient"]["address"],
         address(&env, "d3")
+    );
+
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", "127.0.0.1:9092")
+        .create()
+        .unwrap();
+    let headers = DeadLetterHeaders::new().with(ERROR_CLASS, "malformed_delivery");
+    let record = FutureRecord::to(&env.topics.deliveries_dlq)
+        .key("?")
+        .payload("not a delivery")
+        .headers(headers.to_kafka());
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let output = env.tanto(&["dead-letters", "replay", "--all", "--yes"]);
+    assert_eq!(output.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("is not a delivery message (malformed_delivery), so there is nothing to send; leave it out of the selection"),
+        "{err}"
+    );
+    assert!(
+        read_topic(&env.topics.deliveries, 1, QUIET)
+            .await
+            .is_empty(),
+        "nothing replayed"
     );
 
     let output = env.tanto(&["dead-letters", "list", "--class", "staff"]);
