@@ -16,7 +16,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tanto::delivery::DeliveryMessage;
 
 use crate::notifier::free_port;
-use crate::setup::{BROKERS, BenchEnv, Usage};
+use crate::setup::{BROKERS, BenchEnv, Scrape, Usage};
 
 /// Sends happen over this many connections in every measurement.
 pub const CONNECTIONS: usize = 4;
@@ -26,6 +26,17 @@ const TIMEOUT: Duration = Duration::from_secs(600);
 pub struct Run {
     pub mails_per_second: f64,
     pub usage: Usage,
+    /// Where the mailer's send slots spent their time (tanto only).
+    pub breakdown: Breakdown,
+}
+
+/// The mailer's slot time (wall time times connections) and the parts of
+/// it its histograms measure.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Breakdown {
+    pub slot_time: Duration,
+    pub rendering: Duration,
+    pub smtp: Duration,
 }
 
 /// A running `smtp-sink` on a port of its own.
@@ -81,6 +92,7 @@ pub fn ceiling(sink: &Sink, mails: usize, size: usize) -> anyhow::Result<Run> {
     Ok(Run {
         mails_per_second: mails as f64 / started.elapsed().as_secs_f64(),
         usage: Usage::default(),
+        breakdown: Breakdown::default(),
     })
 }
 
@@ -115,6 +127,7 @@ pub async fn bare_lettre(sink: &Sink, mails: usize, size: usize) -> anyhow::Resu
     Ok(Run {
         mails_per_second: mails as f64 / started.elapsed().as_secs_f64(),
         usage: Usage::default(),
+        breakdown: Breakdown::default(),
     })
 }
 
@@ -132,10 +145,18 @@ pub async fn mailer(env: &BenchEnv, sink: &Sink, mails: usize) -> anyhow::Result
         ],
     )?;
     let elapsed = time_sent(port, mails as f64).await?;
+    let scrape = Scrape::of(port).await?;
     let usage = process.stop()?;
+    let seconds = |series: &str| Duration::from_secs_f64(scrape.sum(series));
+    let breakdown = Breakdown {
+        slot_time: elapsed * CONNECTIONS as u32,
+        rendering: seconds("tanto_render_duration_seconds_sum"),
+        smtp: seconds("tanto_smtp_send_duration_seconds_sum"),
+    };
     Ok(Run {
         mails_per_second: mails as f64 / elapsed.as_secs_f64(),
         usage,
+        breakdown,
     })
 }
 
@@ -190,15 +211,7 @@ async fn time_sent(port: u16, target: f64) -> anyhow::Result<Duration> {
 }
 
 pub async fn sent_count(port: u16) -> anyhow::Result<f64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|line| line.starts_with("tanto_mails_sent_total{"))
-        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum())
+    Ok(Scrape::of(port).await?.sum("tanto_mails_sent_total{"))
 }
 
 fn wait_for_port(port: u16) -> anyhow::Result<()> {

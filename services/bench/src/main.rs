@@ -63,10 +63,23 @@ async fn main() -> anyhow::Result<()> {
     setup::cleanup(&env).await?;
     report.latency(&latencies);
 
-    std::fs::write(&args.out, report.finish())
+    let analysis = kept_analysis(&args.out);
+    std::fs::write(&args.out, report.finish() + &analysis)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
+}
+
+/// The hand-written analysis below [`ANALYSIS_MARKER`] in the existing
+/// report survives a new run; the figures above it are replaced.
+const ANALYSIS_MARKER: &str = "<!-- analysis: kept by make bench -->";
+
+fn kept_analysis(path: &std::path::Path) -> String {
+    let existing = std::fs::read_to_string(path).unwrap_or_default();
+    match existing.find(ANALYSIS_MARKER) {
+        Some(at) => existing[at..].to_string(),
+        None => format!("{ANALYSIS_MARKER}\n"),
+    }
 }
 
 /// The size of a real delivery message, for the bare loop's payloads.
@@ -221,6 +234,31 @@ impl Report {
             "\nRaw runs (tanto / ceiling, events per second): {}.\n",
             raw.join(", ")
         );
+        let share = |part: fn(&notifier::Breakdown) -> std::time::Duration| {
+            median(
+                notifiers
+                    .iter()
+                    .map(|r| part(&r.breakdown).as_secs_f64() / r.breakdown.elapsed.as_secs_f64())
+                    .collect(),
+            )
+        };
+        let (routing, recording) = (share(|b| b.routing), share(|b| b.recording));
+        let _ = writeln!(
+            self.text,
+            "Where the notifier's wall time goes, from its own histograms (median share of the run):\n"
+        );
+        let _ = writeln!(
+            self.text,
+            "| routing (three queries per batch, and planning) | recording routed events (one insert per batch) | the rest: consuming, producing and waiting for Kafka's acknowledgements |"
+        );
+        let _ = writeln!(self.text, "|---|---|---|");
+        let _ = writeln!(
+            self.text,
+            "| {:.0}% | {:.0}% | {:.0}% |\n",
+            routing * 100.0,
+            recording * 100.0,
+            (1.0 - routing - recording) * 100.0
+        );
     }
 
     fn routing(&mut self, small: &[notifier::Run], large: &[notifier::Run], rows: u64) {
@@ -313,6 +351,31 @@ impl Report {
             raw(&runs.ceiling),
             raw(&runs.lettre),
             raw(&runs.tanto)
+        );
+        let share = |part: fn(&mailer::Breakdown) -> std::time::Duration| {
+            median(
+                runs.tanto
+                    .iter()
+                    .map(|r| part(&r.breakdown).as_secs_f64() / r.breakdown.slot_time.as_secs_f64())
+                    .collect(),
+            )
+        };
+        let (rendering, smtp) = (share(|b| b.rendering), share(|b| b.smtp));
+        let _ = writeln!(
+            self.text,
+            "\nWhere the mailer's send slots spend their time (wall time times connections), from its own histograms:\n"
+        );
+        let _ = writeln!(
+            self.text,
+            "| rendering | the SMTP exchange | the rest: ledger writes, Kafka, waiting for a slot |"
+        );
+        let _ = writeln!(self.text, "|---|---|---|");
+        let _ = writeln!(
+            self.text,
+            "| {:.0}% | {:.0}% | {:.0}% |\n",
+            rendering * 100.0,
+            smtp * 100.0,
+            (1.0 - rendering - smtp) * 100.0
         );
     }
 

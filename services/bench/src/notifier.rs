@@ -10,7 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::setup::{self, BROKERS, BenchEnv, DELIVERIES_PER_EVENT, Usage};
+use crate::setup::{self, BROKERS, BenchEnv, DELIVERIES_PER_EVENT, Scrape, Usage};
 
 /// One measured run.
 #[derive(Debug, Clone, Copy)]
@@ -19,6 +19,16 @@ pub struct Run {
     pub usage: Usage,
     /// Mean routing time per event, from the notifier's own histogram.
     pub mean_routing: Duration,
+    /// Where the notifier's wall time went, from its own histograms.
+    pub breakdown: Breakdown,
+}
+
+/// A notifier run's wall time, and the parts of it its histograms measure.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Breakdown {
+    pub elapsed: Duration,
+    pub routing: Duration,
+    pub recording: Duration,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(600);
@@ -35,12 +45,20 @@ pub async fn notifier(env: &BenchEnv, events: usize) -> anyhow::Result<Run> {
     let topic = env.topics.deliveries.clone();
     let elapsed =
         tokio::task::spawn_blocking(move || setup::time_growth(&topic, target, TIMEOUT)).await??;
-    let mean_routing = mean_routing_time(port).await?;
+    let scrape = Scrape::of(port).await?;
     let usage = process.stop()?;
+    let seconds = |series: &str| Duration::from_secs_f64(scrape.sum(series));
+    let count = scrape.sum("tanto_routing_duration_seconds_count").max(1.0);
+    let breakdown = Breakdown {
+        elapsed,
+        routing: seconds("tanto_routing_duration_seconds_sum"),
+        recording: seconds("tanto_db_query_duration_seconds_sum{query=\"record_routed_events\"}"),
+    };
     Ok(Run {
         events_per_second: events as f64 / elapsed.as_secs_f64(),
         usage,
-        mean_routing,
+        mean_routing: breakdown.routing.div_f64(count),
+        breakdown,
     })
 }
 
@@ -62,6 +80,7 @@ pub async fn ceiling(env: &BenchEnv, events: usize, payload_size: usize) -> anyh
         events_per_second: events as f64 / elapsed.as_secs_f64(),
         usage,
         mean_routing: Duration::ZERO,
+        breakdown: Breakdown::default(),
     })
 }
 
@@ -123,29 +142,6 @@ fn thread_cpu() -> Duration {
     setup::usage_of(std::process::id())
         .map(|u| u.cpu)
         .unwrap_or_default()
-}
-
-async fn mean_routing_time(port: u16) -> anyhow::Result<Duration> {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await?
-        .text()
-        .await?;
-    let value = |name: &str| {
-        text.lines()
-            .find(|line| line.starts_with(name))
-            .and_then(|line| line.rsplit_once(' '))
-            .and_then(|(_, v)| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let (sum, count) = (
-        value("tanto_routing_duration_seconds_sum"),
-        value("tanto_routing_duration_seconds_count"),
-    );
-    Ok(Duration::from_secs_f64(if count > 0.0 {
-        sum / count
-    } else {
-        0.0
-    }))
 }
 
 pub fn free_port() -> anyhow::Result<u16> {

@@ -304,3 +304,24 @@ pub async fn cleanup(env: &BenchEnv) -> anyhow::Result<()> {
         .await?;
     Ok(())
 }
+
+/// One scrape of a binary's `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct Scrape(String);
+
+impl Scrape {
+    pub async fn of(port: u16) -> anyhow::Result<Self> {
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        Ok(Self(reqwest::get(url).await?.text().await?))
+    }
+
+    /// The sum of every sample whose series starts with `prefix`, e.g.
+    /// `tanto_mails_sent_total{` or `tanto_routing_duration_seconds_sum`.
+    pub fn sum(&self, prefix: &str) -> f64 {
+        self.0
+            .lines()
+            .filter(|line| line.starts_with(prefix))
+            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    }
+}
