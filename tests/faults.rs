@@ -130,13 +130,21 @@ async fn a_broker_restarted_mid_stream_loses_nothing() {
     let _servers = SERVERS.lock().await;
     let (mut env, events, stream) = mid_stream().await;
 
-    let pid = std::fs::read_to_string(repo_root().join(".local/run/kafka.pid")).unwrap();
-    run("kill", &["-TERM", pid.trim()]);
+    let (pid, checkout) = running_broker();
+    run("kill", &["-TERM", &pid]);
     eventually("the broker stopped", Duration::from_secs(60), || async {
-        !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists()
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
     })
     .await;
-    run("bash", &["deploy/local/stack.sh", "up"]);
+    // The checkout whose stack runs the broker starts it again, with its
+    // own data: it may not be this one (a second clone reuses a stack).
+    run(
+        "bash",
+        &[
+            &checkout.join("deploy/local/stack.sh").display().to_string(),
+            "up",
+        ],
+    );
 
     stream.await.unwrap();
     assert_complete(&env, &events).await;
@@ -168,4 +176,31 @@ async fn readiness_turns_false_while_the_database_is_stopped_and_true_after() {
     })
     .await;
     assert_eq!(env.http_get("order-notifier", "/healthz").await.0, 200);
+}
+
+/// The local broker's pid and the checkout that started it, read from its
+/// command line (`kafka.Kafka <checkout>/.local/kafka/server.properties`).
+fn running_broker() -> (String, std::path::PathBuf) {
+    let output = Command::new("pgrep")
+        .args(["-f", "kafka[.]Kafka"])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let config = cmdline
+        .split(|byte| *byte == 0)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .find(|arg| arg.ends_with("server.properties"))
+        .unwrap();
+    let checkout = std::path::Path::new(&config)
+        .ancestors()
+        .nth(3)
+        .unwrap()
+        .to_path_buf();
+    (pid, checkout)
 }
