@@ -37,6 +37,7 @@ pub struct Breakdown {
     pub slot_time: Duration,
     pub rendering: Duration,
     pub smtp: Duration,
+    pub ledger: Duration,
 }
 
 /// A running `smtp-sink` on a port of its own.
@@ -152,6 +153,7 @@ pub async fn mailer(env: &BenchEnv, sink: &Sink, mails: usize) -> anyhow::Result
         slot_time: elapsed * CONNECTIONS as u32,
         rendering: seconds("tanto_render_duration_seconds_sum"),
         smtp: seconds("tanto_smtp_send_duration_seconds_sum"),
+        ledger: seconds("tanto_db_query_duration_seconds_sum{query=\"ledger_"),
     };
     Ok(Run {
         mails_per_second: mails as f64 / elapsed.as_secs_f64(),

@@ -36,11 +36,13 @@ INSERT INTO group_members (tenant_id, group_id, account_id)
 INSERT INTO products (tenant_id, product_id)
   SELECT 'noise-' || t, 'P-' || k FROM generate_series(1, 1000) t, generate_series(0, 99) k;
 INSERT INTO product_groups (tenant_id, product_id, group_id)
-  SELECT 'noise-' || t, 'P-' || k, 'g' || k FROM generate_series(1, 1000) t, generate_series(0, 99) k;
+  SELECT 'noise-' || t, 'P-' || k, 'g' || k
+  FROM generate_series(1, 1000) t, generate_series(0, 99) k;
 INSERT INTO customers (tenant_id, customer_id, admin_email)
   SELECT 'noise-' || t, 'C-' || k, 'admin' || k || '@noise.example'
   FROM generate_series(1, 1000) t, generate_series(0, 99) k;
 INSERT INTO customer_groups (tenant_id, customer_id, group_id)
-  SELECT 'noise-' || t, 'C-' || k, 'g' || k FROM generate_series(1, 1000) t, generate_series(0, 99) k;
+  SELECT 'noise-' || t, 'C-' || k, 'g' || k
+  FROM generate_series(1, 1000) t, generate_series(0, 99) k;
 ANALYZE;
 ";

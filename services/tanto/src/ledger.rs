@@ -239,6 +239,7 @@ impl Ledger {
     /// The row of `delivery_id`, if there is one.
     pub async fn entry(&self, delivery_id: Uuid) -> anyhow::Result<Option<Entry>> {
         let client = self.client().await?;
+        let _timer = query_timer("ledger_entry");
         let row = client
             .query_opt(
                 "SELECT status, attempts, replay_count, first_failed_at, last_failed_at,
@@ -260,6 +261,7 @@ impl Ledger {
         begin: Begin,
     ) -> anyhow::Result<bool> {
         let client = self.client().await?;
+        let _timer = query_timer("ledger_begin_attempt");
         let statement = client
             .prepare_cached(
                 "WITH begun AS (
@@ -304,6 +306,7 @@ impl Ledger {
         mail: &RenderedMail,
     ) -> anyhow::Result<()> {
         let client = self.client().await?;
+        let _timer = query_timer("ledger_record_sent");
         client
             .execute(
                 "WITH sent AS (
@@ -334,6 +337,7 @@ impl Ledger {
         outcome: Outcome<'_>,
     ) -> anyhow::Result<bool> {
         let client = self.client().await?;
+        let _timer = query_timer("ledger_record_failure");
         let statement = client
             .prepare_cached(
                 "WITH failed AS (
@@ -452,6 +456,15 @@ impl Ledger {
 }
 
 type Param<'a> = &'a (dyn ToSql + Sync);
+
+/// Times a ledger statement into `tanto_db_query_duration_seconds`, from
+/// when it has a connection until the timer is dropped.
+fn query_timer(query: &str) -> prometheus::HistogramTimer {
+    let histogram = crate::metrics::metrics()
+        .db_query_duration
+        .with_label_values(&[query]);
+    histogram.start_timer()
+}
 
 /// The columns that say which mail to whom, the same in every row write.
 struct Identity<'a> {

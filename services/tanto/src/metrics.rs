@@ -235,6 +235,14 @@ impl Metrics {
         self.dead_letters_waiting
             .with_label_values(&["deliveries"])
             .set(0);
+        for query in [
+            "ledger_entry",
+            "ledger_begin_attempt",
+            "ledger_record_sent",
+            "ledger_record_failure",
+        ] {
+            let _ = self.db_query_duration.with_label_values(&[query]);
+        }
     }
 
     /// The Prometheus text exposition of every metric.
