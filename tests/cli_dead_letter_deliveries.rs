@@ -13,7 +13,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::process::Output;
 use std::time::Duration;
 
 use rdkafka::Message;
@@ -23,9 +22,9 @@ use tanto::catalog::RecipientClass;
 use tanto::delivery::DeliveryMessage;
 use tanto::kafka::DeadLetterHeaders;
 use tanto::retry::{ATTEMPTS, ERROR, ERROR_CLASS, LAST_FAILED_AT};
-use tanto_e2e::TestEnv;
 use tanto_e2e::mailer::{delivery, history, publish_deliveries, read_topic, wait_for_status};
 use tanto_e2e::smtp::{Received, Reply, Script, ScriptedSmtp};
+use tanto_e2e::{TestEnv, tanto_json, tanto_ok};
 
 /// Long enough for anything the mailer does in these tests.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -33,22 +32,6 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// How long a test waits to be sure that something does not happen: longer
 /// than the retry delays it configures.
 const QUIET: Duration = Duration::from_secs(3);
-
-fn tanto_ok(env: &TestEnv, args: &[&str]) -> String {
-    let output: Output = env.tanto(args);
-    assert!(
-        output.status.success(),
-        "tanto {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn tanto_json(env: &TestEnv, args: &[&str]) -> Value {
-    let mut args = args.to_vec();
-    args.push("--json");
-    serde_json::from_str(&tanto_ok(env, &args)).unwrap()
-}
 
 fn address(env: &TestEnv, local: &str) -> String {
     format!("{local}@{}", env.domain())

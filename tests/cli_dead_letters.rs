@@ -21,32 +21,11 @@ use serde_json::Value;
 use tanto::kafka::{DeadLetterHeaders, header_text};
 use tanto_e2e::{
     TestEnv, bin_dir, event, eventually, mails_for, read_topic, repo_root, standard_routing,
-    wait_for_mails,
+    tanto_json, tanto_ok, wait_for_mails,
 };
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Runs the CLI and fails the test unless it succeeds.
-fn tanto_ok(env: &TestEnv, args: &[&str]) -> String {
-    let output = env.tanto(args);
-    assert!(
-        output.status.success(),
-        "tanto {args:?} failed: {}",
-        stderr(&output)
-    );
-    stdout(&output)
-}
-
-fn tanto_json(env: &TestEnv, args: &[&str]) -> Value {
-    let mut args = args.to_vec();
-    args.push("--json");
-    serde_json::from_str(&tanto_ok(env, &args)).unwrap()
 }
 
 /// One dead-letter record as the notifier writes it.

@@ -11,24 +11,8 @@
 use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
-use tanto_e2e::TestEnv;
+use tanto_e2e::{TestEnv, tanto_json, tanto_ok};
 use uuid::Uuid;
-
-fn tanto_ok(env: &TestEnv, args: &[&str]) -> String {
-    let output = env.tanto(args);
-    assert!(
-        output.status.success(),
-        "tanto {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn tanto_json(env: &TestEnv, args: &[&str]) -> Value {
-    let mut args = args.to_vec();
-    args.push("--json");
-    serde_json::from_str(&tanto_ok(env, &args)).unwrap()
-}
 
 /// The delivery id of row `n` of the scenario.
 fn id(n: u8) -> Uuid {

@@ -782,3 +782,22 @@ pub fn metric_value(text: &str, sample: &str) -> f64 {
         .map(|(_, value)| value.parse::<f64>().unwrap())
         .sum()
 }
+
+/// Runs the CLI and returns its standard output; fails the test if the
+/// command fails.
+pub fn tanto_ok(env: &TestEnv, args: &[&str]) -> String {
+    let output = env.tanto(args);
+    assert!(
+        output.status.success(),
+        "tanto {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs the CLI with `--json` and parses what it printed.
+pub fn tanto_json(env: &TestEnv, args: &[&str]) -> serde_json::Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    serde_json::from_str(&tanto_ok(env, &args)).unwrap()
+}
