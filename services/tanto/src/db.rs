@@ -53,7 +53,9 @@ pub async fn migrate(pool: &Pool) -> anyhow::Result<Vec<String>> {
     let report = embedded::migrations::runner()
         .run_async(&mut **client)
         .await
-        .context("Failed to run the database migrations")?;
+        // The runner's own message says which migration and why, which is
+        // what an operator needs on the one line the CLI prints.
+        .map_err(|err| anyhow::anyhow!("the database migrations failed: {err}"))?;
     Ok(report
         .applied_migrations()
         .iter()
