@@ -632,43 +632,14 @@ pub fn read_topic(topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
     read_topic_at(BROKERS, topic)
 }
 
-/// [`read_topic`] on the cluster at `brokers`.
+/// [`read_topic`] on the cluster at `brokers`, with the library's reader.
 pub fn read_topic_at(brokers: &str, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::{Message, Offset, TopicPartitionList};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining = 0;
-    for partition in metadata.topics()[0].partitions() {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
-            .unwrap();
-        remaining += high - low;
-        assignment
-            .add_partition_offset(topic, partition.id(), Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
+    use rdkafka::Message;
     let mut messages = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while remaining > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "{remaining} messages of {topic} not read"
-        );
-        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
-            messages.push(message.unwrap().detach());
-            remaining -= 1;
-        }
-    }
+    tanto::kafka::read_to_end(brokers, topic, Duration::from_secs(30), |m| {
+        messages.push(m)
+    })
+    .unwrap();
     messages.sort_by_key(|m| (m.partition(), m.offset()));
     messages
 }

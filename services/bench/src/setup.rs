@@ -183,18 +183,6 @@ pub async fn publish(topic: &str, messages: &[(String, String)]) -> anyhow::Resu
     Ok(())
 }
 
-/// The number of messages in `topic`, summed over partitions.
-pub fn topic_size(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<i64> {
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
-    let mut total = 0;
-    for partition in metadata.topics()[0].partitions() {
-        let (low, high) =
-            consumer.fetch_watermarks(topic, partition.id(), Duration::from_secs(5))?;
-        total += high - low;
-    }
-    Ok(total)
-}
-
 /// Times how fast `topic` grows to `target` messages: from the first
 /// message seen to the last, so start-up and group joining do not count.
 pub fn time_growth(topic: &str, target: i64, timeout: Duration) -> anyhow::Result<Duration> {
@@ -204,7 +192,7 @@ pub fn time_growth(topic: &str, target: i64, timeout: Duration) -> anyhow::Resul
     let deadline = Instant::now() + timeout;
     let mut first = None;
     loop {
-        let size = topic_size(&consumer, topic)?;
+        let size = tanto::kafka::topic_size(consumer.client(), topic)?;
         if size > 0 && first.is_none() {
             first = Some(Instant::now());
         }
